@@ -1,0 +1,150 @@
+// The pybind11 module rdcnet_ext._C: thin, typed entry points over raw pointers. Python
+// (rdcnet_ext/ops.py) validates arguments, allocates every output with torch and passes data
+// pointers, sizes and, for CUDA, the device index and torch's current stream. No libtorch here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "postprocess/entry.h"
+
+namespace py = pybind11;
+using rdc::AssignArgs;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+void check_ndim(const std::vector<int64_t>& shape, const char* op) {
+  if (shape.size() != 2 && shape.size() != 3)
+    throw std::invalid_argument(std::string(op) + ": shape must have 2 or 3 entries");
+}
+
+// Keeps the vectors behind an AssignArgs alive for the duration of a call.
+struct AssignCall {
+  std::vector<int64_t> shape, cells;
+  std::vector<double> spacing, cell;
+  AssignArgs args;
+  AssignCall(std::vector<int64_t> shape_, std::vector<double> spacing_, uintptr_t centres,
+             uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells_,
+             std::vector<double> cell_, double tol)
+      : shape(std::move(shape_)), cells(std::move(cells_)), spacing(std::move(spacing_)), cell(std::move(cell_)) {
+    check_ndim(shape, "assign_to_centres");
+    if (spacing.size() != shape.size() || cells.size() != shape.size() || cell.size() != shape.size())
+      throw std::invalid_argument("assign_to_centres: spacing, cells and cell must have ndim entries");
+    args = AssignArgs{static_cast<int>(shape.size()), this->shape.data(), this->spacing.data(),
+                      ptr<const int64_t>(centres), ptr<const int32_t>(cell_start),
+                      ptr<const int32_t>(cell_items), this->cells.data(), this->cell.data(), tol};
+  }
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "rdcnet_ext native kernels (CPU, and CUDA when compiled); call through rdcnet_ext.ops";
+#ifdef RDC_WITH_CUDA
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+  auto release = py::call_guard<py::gil_scoped_release>();
+
+  m.def("hough_votes_cpu", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t emb,
+                              uintptr_t mask, uintptr_t votes, int threads) {
+    check_ndim(shape, "hough_votes");
+    rdc::hough_votes_cpu(int(shape.size()), shape.data(), spacing.data(), ptr<const float>(emb),
+                         ptr<const uint8_t>(mask), ptr<int32_t>(votes), threads);
+  }, release);
+  m.def("box_sum_cpu", [](std::vector<int64_t> shape, int64_t radius, uintptr_t in, bool in_is_int64,
+                          uintptr_t out, uintptr_t tmp, int threads) {
+    check_ndim(shape, "find_peaks");
+    rdc::box_sum_cpu(int(shape.size()), shape.data(), radius, ptr<const void>(in), in_is_int64,
+                     ptr<int64_t>(out), ptr<int64_t>(tmp), threads);
+  }, release);
+  m.def("find_peaks_cpu", [](std::vector<int64_t> shape, std::vector<int64_t> window, int64_t min_votes,
+                             uintptr_t score, bool score_is_int64, int threads) {
+    check_ndim(shape, "find_peaks");
+    std::vector<int64_t> flat;
+    {
+      py::gil_scoped_release nogil;
+      flat = rdc::find_peaks_cpu(int(shape.size()), shape.data(), window.data(), min_votes,
+                                 ptr<const void>(score), score_is_int64, threads);
+    }
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(flat.size()));
+    if (!flat.empty()) std::memcpy(out.mutable_data(), flat.data(), flat.size() * sizeof(int64_t));
+    return out;
+  }, "Flat row-major indices of the peaks, as a NumPy int64 array.");
+  m.def("cell_candidates_cpu", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
+                                  uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
+                                  std::vector<double> cell, double tol, uintptr_t counts, uintptr_t starts,
+                                  uintptr_t items, int threads) {
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    rdc::cell_candidates_cpu(call.args, ptr<int32_t>(counts), ptr<const int32_t>(starts),
+                             ptr<int32_t>(items), threads);
+  }, release);
+  m.def("assign_cpu", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
+                         uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
+                         std::vector<double> cell, double tol, uintptr_t emb, uintptr_t mask,
+                         uintptr_t cand_start, uintptr_t cand_items, double max_d2, uintptr_t labels,
+                         int threads) {
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    rdc::assign_cpu(call.args, ptr<const float>(emb), ptr<const uint8_t>(mask), ptr<const int32_t>(cand_start),
+                    ptr<const int32_t>(cand_items), max_d2, ptr<int32_t>(labels), threads);
+  }, release);
+  m.def("label_opening_cpu", [](std::vector<int64_t> shape, uintptr_t offsets, int64_t count,
+                                std::vector<int64_t> halo, uintptr_t labels, bool is_int64, uintptr_t eroded,
+                                uintptr_t out, int threads) {
+    check_ndim(shape, "label_opening");
+    rdc::label_opening_cpu(int(shape.size()), shape.data(), ptr<const int32_t>(offsets), count, halo.data(),
+                           ptr<const void>(labels), is_int64, ptr<void>(eroded), ptr<void>(out), threads);
+  }, release);
+
+#ifdef RDC_WITH_CUDA
+  m.def("hough_votes_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t emb,
+                               uintptr_t mask, uintptr_t votes, int device, uintptr_t stream) {
+    check_ndim(shape, "hough_votes");
+    rdc::hough_votes_cuda(int(shape.size()), shape.data(), spacing.data(), ptr<const float>(emb),
+                          ptr<const uint8_t>(mask), ptr<int32_t>(votes), device, ptr<void>(stream));
+  }, release);
+  m.def("box_sum_cuda", [](std::vector<int64_t> shape, int64_t radius, uintptr_t in, bool in_is_int64,
+                           uintptr_t out, uintptr_t tmp, int device, uintptr_t stream) {
+    check_ndim(shape, "find_peaks");
+    rdc::box_sum_cuda(int(shape.size()), shape.data(), radius, ptr<const void>(in), in_is_int64,
+                      ptr<int64_t>(out), ptr<int64_t>(tmp), device, ptr<void>(stream));
+  }, release);
+  m.def("find_peaks_cuda", [](std::vector<int64_t> shape, std::vector<int64_t> window, int64_t min_votes,
+                              uintptr_t score, bool score_is_int64, uintptr_t flags, int device,
+                              uintptr_t stream) {
+    check_ndim(shape, "find_peaks");
+    rdc::find_peaks_cuda(int(shape.size()), shape.data(), window.data(), min_votes, ptr<const void>(score),
+                         score_is_int64, ptr<uint8_t>(flags), device, ptr<void>(stream));
+  }, release);
+  m.def("cell_candidates_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
+                                   uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
+                                   std::vector<double> cell, double tol, uintptr_t counts, uintptr_t starts,
+                                   uintptr_t items, int device, uintptr_t stream) {
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    rdc::cell_candidates_cuda(call.args, ptr<int32_t>(counts), ptr<const int32_t>(starts), ptr<int32_t>(items),
+                              device, ptr<void>(stream));
+  }, release);
+  m.def("assign_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
+                          uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
+                          std::vector<double> cell, double tol, uintptr_t emb, uintptr_t mask,
+                          uintptr_t cand_start, uintptr_t cand_items, double max_d2, uintptr_t labels,
+                          int device, uintptr_t stream) {
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    rdc::assign_cuda(call.args, ptr<const float>(emb), ptr<const uint8_t>(mask), ptr<const int32_t>(cand_start),
+                     ptr<const int32_t>(cand_items), max_d2, ptr<int32_t>(labels), device, ptr<void>(stream));
+  }, release);
+  m.def("label_opening_cuda", [](std::vector<int64_t> shape, uintptr_t offsets, int64_t count,
+                                 std::vector<int64_t> halo, uintptr_t labels, bool is_int64, uintptr_t eroded,
+                                 uintptr_t out, int device, uintptr_t stream) {
+    check_ndim(shape, "label_opening");
+    rdc::label_opening_cuda(int(shape.size()), shape.data(), ptr<const int32_t>(offsets), count, halo.data(),
+                            ptr<const void>(labels), is_int64, ptr<void>(eroded), ptr<void>(out), device,
+                            ptr<void>(stream));
+  }, release);
+#endif
+}

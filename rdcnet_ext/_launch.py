@@ -1,0 +1,180 @@
+"""Kernel launchers: allocate outputs with torch and hand raw pointers to ``rdcnet_ext._C``.
+
+Inputs reaching this module are validated, contiguous torch tensors of the kernels' dtypes
+(``rdcnet_ext.ops`` sees to that); this module is the only caller of the native module. CPU kernels
+use ``torch.get_num_threads()`` threads; CUDA kernels run on torch's current stream of the input's
+device and never synchronise, except where a size must be known on the host (peak count,
+candidate-list length) or a value must be checked (centres in range).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from . import _C
+from ._geometry import ellipsoid_offsets, peak_window
+
+HAS_CUDA: bool = bool(_C.has_cuda)
+
+
+class CudaNotBuiltError(ValueError):
+    """A CUDA tensor reached an extension that was built without CUDA kernels."""
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _cuda(t: torch.Tensor) -> tuple[int, int]:
+    """(device index, current stream handle) for a CUDA tensor."""
+    if not HAS_CUDA:
+        raise CudaNotBuiltError(
+            "rdcnet_ext was built without CUDA kernels but was given a CUDA tensor; reinstall on a "
+            "machine with nvcc (and without RDCNET_EXT_CUDA=0), or move the input to the CPU"
+        )
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def hough_votes(embeddings: torch.Tensor, mask: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    shape = list(mask.shape)
+    votes = torch.zeros(shape, dtype=torch.int32, device=mask.device)
+    args = (shape, list(spacing), _ptr(embeddings), _ptr(mask), _ptr(votes))
+    if mask.device.type == "cuda":
+        _C.hough_votes_cuda(*args, *_cuda(mask))
+    else:
+        _C.hough_votes_cpu(*args, _threads())
+    return votes
+
+
+def _score(votes: torch.Tensor, smooth_radius: int) -> torch.Tensor:
+    """Box-smoothed votes (int64), or the votes themselves when there is no smoothing."""
+    if smooth_radius == 0:
+        return votes
+    out = torch.empty(votes.shape, dtype=torch.int64, device=votes.device)
+    tmp = torch.empty_like(out)
+    args = (list(votes.shape), smooth_radius, _ptr(votes), votes.dtype == torch.int64, _ptr(out), _ptr(tmp))
+    if votes.device.type == "cuda":
+        _C.box_sum_cuda(*args, *_cuda(votes))
+    else:
+        _C.box_sum_cpu(*args, _threads())
+    return out
+
+
+def find_peaks(
+    votes: torch.Tensor, min_distance: float, min_votes: int, spacing: Sequence[float], smooth_radius: int
+) -> torch.Tensor:
+    shape = list(votes.shape)
+    ndim = len(shape)
+    if votes.numel() == 0:
+        return torch.empty((0, ndim), dtype=torch.int64, device=votes.device)
+    score = _score(votes, smooth_radius)
+    args = (shape, peak_window(min_distance, spacing), int(min_votes), _ptr(score), score.dtype == torch.int64)
+    if votes.device.type == "cuda":
+        flags = torch.empty(shape, dtype=torch.uint8, device=votes.device)
+        _C.find_peaks_cuda(*args, _ptr(flags), *_cuda(votes))
+        flat = torch.nonzero(flags.reshape(-1)).reshape(-1)
+    else:
+        flat = torch.from_numpy(_C.find_peaks_cpu(*args, _threads()))
+    return unravel(flat, shape)
+
+
+def unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Row-major flat indices -> (K, ndim) int64 coordinates."""
+    coords = []
+    for n in reversed(shape):
+        coords.append(flat % n)
+        flat = flat // n
+    return torch.stack(coords[::-1], dim=1) if coords else flat.reshape(-1, 0)
+
+
+def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]):
+    """Uniform grid over the image's physical box with the centres bucketed per cell (CSR).
+
+    About four cells per centre, cubic in physical units: most cells then lie inside one centre's
+    Voronoi region and have a single candidate.
+    """
+    ndim = len(shape)
+    k = centres.shape[0]
+    extent = [(n - 1) * s for n, s in zip(shape, spacing)]
+    spread = [a for a in range(ndim) if extent[a] > 0]
+    cells, cell = [1] * ndim, [1.0] * ndim
+    if spread:
+        target = min(max(4 * k, 1), 1 << 22)
+        volume = math.prod(extent[a] for a in spread)
+        side = (volume / target) ** (1.0 / len(spread))
+        for a in spread:
+            cells[a] = int(min(max(math.ceil(extent[a] / side), 1), shape[a]))
+            cell[a] = extent[a] / cells[a]
+    device = centres.device
+    s = torch.tensor(list(spacing), dtype=torch.float64, device=device)
+    bucket = torch.floor(centres.to(torch.float64) * s / torch.tensor(cell, dtype=torch.float64, device=device))
+    bucket = torch.minimum(bucket.clamp_min(0), torch.tensor(cells, dtype=torch.float64, device=device) - 1).long()
+    flat = torch.zeros(k, dtype=torch.int64, device=device)
+    for a in range(ndim):
+        flat = flat * cells[a] + bucket[:, a]
+    n_cells = math.prod(cells)
+    cell_start = torch.zeros(n_cells + 1, dtype=torch.int32, device=device)
+    cell_start[1:] = torch.cumsum(torch.bincount(flat, minlength=n_cells), 0).to(torch.int32)
+    cell_items = torch.argsort(flat, stable=True).to(torch.int32)
+    tol = 1e-6 * max(cell)
+    return cells, cell, cell_start, cell_items, tol
+
+
+def assign_to_centres(
+    embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    centres: torch.Tensor,
+    spacing: Sequence[float],
+    max_distance: Optional[float],
+) -> torch.Tensor:
+    shape = list(mask.shape)
+    labels = torch.zeros(shape, dtype=torch.int32, device=mask.device)
+    if centres.shape[0] == 0 or mask.numel() == 0:
+        return labels
+    if centres.shape[0] >= 2**31 - 1:
+        raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
+    upper = torch.tensor(shape, device=centres.device)
+    if bool(((centres < 0) | (centres >= upper)).any()):
+        bad = centres[((centres < 0) | (centres >= upper)).any(dim=1)][0].tolist()
+        raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(shape)}, got {bad}")
+    cells, cell, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing)
+    grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, tol)
+    max_d2 = math.inf if max_distance is None else float(max_distance) ** 2
+    n_cells = math.prod(cells)
+    counts = torch.empty(n_cells, dtype=torch.int32, device=mask.device)
+    cand_start = torch.zeros(n_cells + 1, dtype=torch.int32, device=mask.device)
+    on_cuda = mask.device.type == "cuda"
+    launch = _cuda(mask) if on_cuda else (_threads(),)
+    build = _C.cell_candidates_cuda if on_cuda else _C.cell_candidates_cpu
+    build(*grid, _ptr(counts), 0, 0, *launch)
+    cand_start[1:] = torch.cumsum(counts, 0)
+    total = int(cand_start[-1])
+    cand_items = torch.empty(max(total, 1), dtype=torch.int32, device=mask.device)
+    build(*grid, 0, _ptr(cand_start), _ptr(cand_items), *launch)
+    assign = _C.assign_cuda if on_cuda else _C.assign_cpu
+    assign(*grid, _ptr(embeddings), _ptr(mask), _ptr(cand_start), _ptr(cand_items), max_d2, _ptr(labels), *launch)
+    return labels
+
+
+def label_opening(labels: torch.Tensor, radius: float, spacing: Sequence[float]) -> torch.Tensor:
+    shape = list(labels.shape)
+    offsets = ellipsoid_offsets(radius, spacing)
+    halo = offsets.abs().amax(dim=0).tolist()
+    padded = [n + 2 * h for n, h in zip(shape, halo)]
+    eroded = torch.empty(padded, dtype=labels.dtype, device=labels.device)
+    out = torch.empty_like(labels)
+    offsets = offsets.to(labels.device)
+    args = (shape, _ptr(offsets), offsets.shape[0], halo, _ptr(labels), labels.dtype == torch.int64,
+            _ptr(eroded), _ptr(out))
+    if labels.device.type == "cuda":
+        _C.label_opening_cuda(*args, *_cuda(labels))
+    else:
+        _C.label_opening_cpu(*args, _threads())
+    return out

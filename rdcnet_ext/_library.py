@@ -1,0 +1,89 @@
+"""``torch.library`` registration of the ops (namespace ``rdcnet_ext``).
+
+Each op is a custom op whose real implementation is in :mod:`rdcnet_ext._launch` and whose fake
+implementation gives output shapes and dtypes, so ``torch.compile`` traces through calls to them
+without graph breaks. ``find_peaks`` has a data-dependent output size (an unbacked symbol).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _launch
+
+_NS = "rdcnet_ext"
+
+
+@torch.library.custom_op(f"{_NS}::hough_votes", mutates_args=())
+def hough_votes(embeddings: torch.Tensor, mask: torch.Tensor, spacing: list[float]) -> torch.Tensor:
+    return _launch.hough_votes(embeddings, mask, spacing)
+
+
+@hough_votes.register_fake
+def _(embeddings, mask, spacing):
+    return mask.new_empty(mask.shape, dtype=torch.int32)
+
+
+@torch.library.custom_op(f"{_NS}::find_peaks", mutates_args=())
+def find_peaks(
+    votes: torch.Tensor, min_distance: float, min_votes: int, spacing: list[float], smooth_radius: int
+) -> torch.Tensor:
+    return _launch.find_peaks(votes, min_distance, min_votes, spacing, smooth_radius)
+
+
+@find_peaks.register_fake
+def _(votes, min_distance, min_votes, spacing, smooth_radius):
+    count = torch.library.get_ctx().new_dynamic_size()
+    return votes.new_empty((count, votes.dim()), dtype=torch.int64)
+
+
+@torch.library.custom_op(f"{_NS}::assign_to_centres", mutates_args=())
+def assign_to_centres(
+    embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    centres: torch.Tensor,
+    spacing: list[float],
+    max_distance: Optional[float],
+) -> torch.Tensor:
+    return _launch.assign_to_centres(embeddings, mask, centres, spacing, max_distance)
+
+
+@assign_to_centres.register_fake
+def _(embeddings, mask, centres, spacing, max_distance):
+    return mask.new_empty(mask.shape, dtype=torch.int32)
+
+
+@torch.library.custom_op(f"{_NS}::label_opening", mutates_args=())
+def label_opening(labels: torch.Tensor, radius: float, spacing: list[float]) -> torch.Tensor:
+    return _launch.label_opening(labels, radius, spacing)
+
+
+@label_opening.register_fake
+def _(labels, radius, spacing):
+    return torch.empty_like(labels)
+
+
+@torch.library.custom_op(f"{_NS}::embeddings_to_labels", mutates_args=())
+def embeddings_to_labels(
+    embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    min_distance: float,
+    spacing: list[float],
+    min_votes: int,
+    smooth_radius: int,
+    max_distance: Optional[float],
+    opening_radius: Optional[float],
+) -> torch.Tensor:
+    votes = _launch.hough_votes(embeddings, mask, spacing)
+    centres = _launch.find_peaks(votes, min_distance, min_votes, spacing, smooth_radius)
+    labels = _launch.assign_to_centres(embeddings, mask, centres, spacing, max_distance)
+    if opening_radius:
+        labels = _launch.label_opening(labels, opening_radius, spacing)
+    return labels
+
+
+@embeddings_to_labels.register_fake
+def _(embeddings, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius):
+    return mask.new_empty(mask.shape, dtype=torch.int32)

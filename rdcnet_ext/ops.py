@@ -1,0 +1,289 @@
+"""Fast post-processing ops for RDCNet outputs, on torch tensors (CPU or CUDA) or NumPy arrays.
+
+Every op validates its arguments (bad input raises ``TypeError``/``ValueError`` naming the
+argument, what was expected and what was given), runs the native kernel on the input's device
+(CUDA work on torch's current stream) and returns a tensor on that device, or a NumPy array when
+the main input was a NumPy array. Semantics are defined by the references in
+:mod:`rdcnet_ext.reference`; each op equals its reference exactly.
+
+Images have ``ndim`` = 2 or 3 spatial axes. Embeddings are ``(ndim, *spatial)`` in physical
+units (floating point; computed in float32), ``spacing`` is the physical pixel size per axis (a
+number or ``ndim`` numbers; default 1).
+
+Example::
+
+    >>> import numpy as np
+    >>> from rdcnet_ext import ops
+    >>> emb = np.zeros((2, 64, 64), np.float32)
+    >>> emb[0] = 32.0                                  # every pixel points at row 32,
+    >>> emb[1, :, :32], emb[1, :, 32:] = 16.0, 48.0    # column 16 (left half) or 48 (right)
+    >>> labels = ops.embeddings_to_labels(emb, np.ones((64, 64), bool), min_distance=5)
+    >>> np.unique(labels).tolist()
+    [1, 2]
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import _library
+from ._launch import CudaNotBuiltError
+
+__all__ = [
+    "hough_votes",
+    "find_peaks",
+    "assign_to_centres",
+    "label_opening",
+    "embeddings_to_labels",
+    "CudaNotBuiltError",
+]
+
+Array = Union[torch.Tensor, np.ndarray]
+
+_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+_KERNEL_LABEL_DTYPES = (torch.int32, torch.int64)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}, dtype {x.dtype}, on {x.device}"
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape}, dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def _as_tensor(x, name: str) -> tuple[torch.Tensor, bool]:
+    """(tensor, was_numpy). NumPy arrays become CPU tensors (a copy only if not contiguous)."""
+    if isinstance(x, torch.Tensor):
+        return x, False
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind == "u" and x.dtype.itemsize > 1:  # torch lacks most ops on uint16/32/64
+            if x.size and int(x.max()) > np.iinfo(np.int64).max:
+                raise ValueError(f"{name}: values must fit in int64, got a maximum of {x.max()}")
+            x = x.astype(np.int64)
+        return torch.from_numpy(np.ascontiguousarray(x)), True
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {_describe(x)}")
+
+
+def _same_device(**tensors: torch.Tensor) -> None:
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name}: expected a tensor on the same device as {first_name} ({first.device}), got {t.device}"
+            )
+    if first.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{first_name}: expected a CPU or CUDA tensor, got a tensor on {first.device}")
+
+
+def _check_embeddings(embeddings: torch.Tensor) -> int:
+    if not (embeddings.is_floating_point()):
+        raise TypeError(f"embeddings: expected a floating-point tensor, got {_describe(embeddings)}")
+    if embeddings.dim() not in (3, 4) or embeddings.shape[0] != embeddings.dim() - 1:
+        raise ValueError(
+            "embeddings: expected shape (ndim, *spatial) with ndim = 2 or 3 spatial axes, i.e. "
+            f"(2, H, W) or (3, D, H, W), got {_describe(embeddings)}"
+        )
+    return embeddings.dim() - 1
+
+
+def _check_mask(mask: torch.Tensor, shape, name: str = "mask") -> torch.Tensor:
+    if mask.dtype != torch.bool and mask.dtype not in _INTEGER_DTYPES:
+        raise TypeError(f"{name}: expected a bool (or integer, nonzero = true) tensor, got {_describe(mask)}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected the image shape {tuple(shape)}, got {_describe(mask)}")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _check_spacing(spacing, ndim: int) -> list[float]:
+    if spacing is None:
+        return [1.0] * ndim
+    if isinstance(spacing, numbers.Real) and not isinstance(spacing, bool):
+        values = [float(spacing)] * ndim
+    else:
+        if isinstance(spacing, (torch.Tensor, np.ndarray)):
+            spacing = spacing.tolist()
+        try:
+            values = [float(s) for s in spacing]
+        except (TypeError, ValueError):
+            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {spacing!r}") from None
+        if len(values) != ndim:
+            raise ValueError(f"spacing: expected {ndim} values (one per spatial axis), got {len(values)}: {spacing!r}")
+    if not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing: expected positive finite values, got {values}")
+    return values
+
+
+def _check_number(value, name: str, *, minimum: float, strict: bool, allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    v = float(value)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf) or v < minimum or (strict and v == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
+    return v
+
+
+def _check_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value}")
+    return int(value)
+
+
+def _embeddings_and_mask(embeddings, mask):
+    emb, was_numpy = _as_tensor(embeddings, "embeddings")
+    mask, _ = _as_tensor(mask, "mask")
+    ndim = _check_embeddings(emb)
+    mask = _check_mask(mask, emb.shape[1:])
+    _same_device(embeddings=emb, mask=mask)
+    return emb.to(torch.float32).contiguous(), mask.contiguous(), ndim, was_numpy
+
+
+def _out(t: torch.Tensor, as_numpy: bool):
+    return t.numpy() if as_numpy else t
+
+
+def hough_votes(embeddings: Array, mask: Array, spacing: Optional[Sequence[float]] = None) -> Array:
+    """Hough vote histogram (int32, the image's shape).
+
+    Each pixel with ``mask`` true votes for the pixel ``round(e_a / spacing_a)`` (round half to
+    even) its embedding points at; votes outside the image and non-finite embeddings are dropped.
+    """
+    emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
+    spacing = _check_spacing(spacing, ndim)
+    return _out(torch.ops.rdcnet_ext.hough_votes(emb, mask, spacing), was_numpy)
+
+
+def _check_votes(votes) -> tuple[torch.Tensor, bool]:
+    votes, was_numpy = _as_tensor(votes, "votes")
+    if votes.dtype not in _INTEGER_DTYPES:
+        raise TypeError(f"votes: expected an integer tensor (e.g. from hough_votes), got {_describe(votes)}")
+    if votes.dim() not in (2, 3):
+        raise ValueError(f"votes: expected a 2D or 3D image, got {_describe(votes)}")
+    _same_device(votes=votes)
+    if votes.dtype not in (torch.int32, torch.int64):
+        votes = votes.to(torch.int32)
+    return votes.contiguous(), was_numpy
+
+
+def find_peaks(
+    votes: Array,
+    min_distance: float,
+    min_votes: int = 1,
+    spacing: Optional[Sequence[float]] = None,
+    smooth_radius: int = 0,
+) -> Array:
+    """Centres of a vote histogram: int64 ``(K, ndim)`` pixel indices in row-major order.
+
+    A pixel is a centre if its score (votes summed over a box of ``+-smooth_radius`` pixels) is at
+    least ``min_votes`` and strictly the highest within ``floor(min_distance / spacing_a)``
+    pixels per axis (equal scores: the first in row-major order wins). Centres are therefore more
+    than one window apart.
+    """
+    votes, was_numpy = _check_votes(votes)
+    min_distance = _check_number(min_distance, "min_distance", minimum=0.0, strict=False)
+    min_votes = _check_int(min_votes, "min_votes")
+    smooth_radius = _check_int(smooth_radius, "smooth_radius")
+    spacing = _check_spacing(spacing, votes.dim())
+    return _out(torch.ops.rdcnet_ext.find_peaks(votes, min_distance, min_votes, spacing, smooth_radius), was_numpy)
+
+
+def _check_centres(centres, ndim: int, device) -> torch.Tensor:
+    centres, _ = _as_tensor(centres, "centres")
+    if centres.dtype not in _INTEGER_DTYPES:
+        raise TypeError(f"centres: expected integer pixel indices, got {_describe(centres)}")
+    if centres.dim() != 2 or centres.shape[1] != ndim:
+        raise ValueError(f"centres: expected shape (K, {ndim}), got {_describe(centres)}")
+    if centres.device != device:
+        raise ValueError(f"centres: expected a tensor on the same device as embeddings ({device}), got {centres.device}")
+    return centres.to(torch.int64).contiguous()
+
+
+def _check_max_distance(max_distance) -> Optional[float]:
+    if max_distance is None:
+        return None
+    return _check_number(max_distance, "max_distance", minimum=0.0, strict=False, allow_inf=True)
+
+
+def assign_to_centres(
+    embeddings: Array,
+    mask: Array,
+    centres: Array,
+    spacing: Optional[Sequence[float]] = None,
+    max_distance: Optional[float] = None,
+) -> Array:
+    """Instance labels (int32, the image's shape): each masked pixel gets ``k + 1`` for the centre
+    ``k`` nearest to its embedding (physical position ``centres[k] * spacing``, Euclidean, ties to
+    the lowest ``k``); 0 for background, non-finite embeddings, no centres, or a nearest centre
+    farther than ``max_distance``.
+    """
+    emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
+    centres = _check_centres(centres, ndim, emb.device)
+    spacing = _check_spacing(spacing, ndim)
+    max_distance = _check_max_distance(max_distance)
+    return _out(torch.ops.rdcnet_ext.assign_to_centres(emb, mask, centres, spacing, max_distance), was_numpy)
+
+
+def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float]] = None) -> Array:
+    """Label-wise morphological opening by the ball of physical ``radius`` (same dtype out).
+
+    A pixel keeps its label iff it lies in the opening of its label's set; pixels outside the
+    image count as the same label, so objects touching the border are not shaved. Labels are
+    never merged, grown or moved; removed pixels become 0.
+    """
+    was_numpy = isinstance(labels, np.ndarray)
+    numpy_dtype = labels.dtype if was_numpy else None
+    labels, _ = _as_tensor(labels, "labels")
+    if labels.dtype not in _INTEGER_DTYPES:
+        raise TypeError(f"labels: expected an integer label image, got {_describe(labels)}")
+    if labels.dim() not in (2, 3):
+        raise ValueError(f"labels: expected a 2D or 3D image, got {_describe(labels)}")
+    _same_device(labels=labels)
+    radius = _check_number(radius, "radius", minimum=0.0, strict=True)
+    spacing = _check_spacing(spacing, labels.dim())
+    dtype = labels.dtype
+    work = labels if dtype in _KERNEL_LABEL_DTYPES else labels.to(torch.int64)
+    out = torch.ops.rdcnet_ext.label_opening(work.contiguous(), radius, spacing)
+    if was_numpy:
+        return out.numpy().astype(numpy_dtype, copy=False)
+    return out.to(dtype)
+
+
+def embeddings_to_labels(
+    embeddings: Array,
+    mask: Array,
+    min_distance: float,
+    spacing: Optional[Sequence[float]] = None,
+    min_votes: int = 1,
+    smooth_radius: int = 0,
+    max_distance: Optional[float] = None,
+    opening_radius: Optional[float] = None,
+) -> Array:
+    """Embeddings to instance labels (int32) in one call: :func:`hough_votes`, :func:`find_peaks`
+    (window ``min_distance``, physical units), :func:`assign_to_centres` and, if
+    ``opening_radius`` is given, :func:`label_opening`.
+    """
+    emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
+    spacing = _check_spacing(spacing, ndim)
+    min_distance = _check_number(min_distance, "min_distance", minimum=0.0, strict=False)
+    min_votes = _check_int(min_votes, "min_votes")
+    smooth_radius = _check_int(smooth_radius, "smooth_radius")
+    max_distance = _check_max_distance(max_distance)
+    if opening_radius is not None:
+        opening_radius = _check_number(opening_radius, "opening_radius", minimum=0.0, strict=True)
+    labels = torch.ops.rdcnet_ext.embeddings_to_labels(
+        emb, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius
+    )
+    return _out(labels, was_numpy)
+
+
+# Registration happens on import of _library; keep a reference so linters see it used.
+_REGISTERED = _library
