@@ -135,9 +135,9 @@ def assign_to_centres(
     max_distance: Optional[float],
 ) -> torch.Tensor:
     shape = list(mask.shape)
-    labels = torch.zeros(shape, dtype=torch.int32, device=mask.device)
     if centres.shape[0] == 0 or mask.numel() == 0:
-        return labels
+        return torch.zeros(shape, dtype=torch.int32, device=mask.device)
+    labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
     if centres.shape[0] >= 2**31 - 1:
         raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
     upper = torch.tensor(shape, device=centres.device)

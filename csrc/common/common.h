@@ -50,4 +50,12 @@ RDC_HD T max_of(T a, T b) { return a < b ? b : a; }
 // +-inf fails |x| <= max.
 RDC_HD bool is_finite(float x) { return x == x && x <= 3.402823466e38f && x >= -3.402823466e38f; }
 
+// Round half to even without libm (rint is a library call on baseline x86-64): adding and
+// subtracting 1.5 * 2^52 leaves the nearest integer, ties to even, in the default rounding mode.
+// Valid for |x| < 2^51; callers reject larger values first. Needs no -ffast-math (never used).
+RDC_HD double round_half_even(double x) {
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52
+  return (x + magic) - magic;
+}
+
 }  // namespace rdc

@@ -22,6 +22,7 @@ struct CentreGrid {
   Shape<NDIM> cells;          // grid size in cells per axis
   double spacing[NDIM];
   double cell[NDIM];          // physical cell size; the grid box is [0, cells * cell] per axis
+  double inv_cell[NDIM];      // 1 / cell: locating a point only needs to be right up to tol
   double tol;                 // physical slack on every box bound
 };
 
@@ -48,6 +49,7 @@ inline CentreGrid<NDIM> make_grid(const AssignArgs& a) {
     g.cells.size[d] = a.cells[d];
     g.spacing[d] = a.spacing[d];
     g.cell[d] = a.cell[d];
+    g.inv_cell[d] = 1.0 / a.cell[d];
   }
   g.tol = a.tol;
   return g;
@@ -139,7 +141,9 @@ template <int NDIM>
 RDC_HD bool locate(const CentreGrid<NDIM>& g, const double* e, int64_t* c) {
   bool inside = true;
   for (int a = 0; a < NDIM; ++a) {
-    const double f = ::floor(e[a] / g.cell[a]);
+    // Truncation is floor for f >= 0; the multiplication may be off by an ulp near a cell
+    // face, which the tol slack of every candidate list covers.
+    const double f = e[a] * g.inv_cell[a];
     if (!(f >= 0.0 && f < static_cast<double>(g.cells.size[a]))) inside = false;
     c[a] = !(f >= 0.0) ? 0 : (f >= static_cast<double>(g.cells.size[a]) ? g.cells.size[a] - 1 : static_cast<int64_t>(f));
   }
@@ -232,7 +236,10 @@ RDC_HD int32_t nearest_label(const float* emb, const uint8_t* mask, int64_t i, i
   Nearest best{0.0, -1};
   if (locate(g, e, c)) {
     const int64_t cell = g.cells.ravel(c);
-    for (int32_t t = cand_start[cell]; t < cand_start[cell + 1]; ++t) {
+    const int32_t first = cand_start[cell], last = cand_start[cell + 1];
+    // Most cells lie inside one centre's Voronoi region: one candidate, no distance needed.
+    if (last - first == 1 && max_d2 == HUGE_VAL) return cand_items[first] + 1;
+    for (int32_t t = first; t < last; ++t) {
       const int64_t k = cand_items[t];
       best.offer(centre_d2(g, e, k), k);
     }

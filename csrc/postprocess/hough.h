@@ -1,8 +1,6 @@
 // Hough voting: which histogram bin a pixel's embedding votes for (DESIGN.md, "hough_votes").
 #pragma once
 
-#include <cmath>
-
 #include "../common/common.h"
 
 namespace rdc {
@@ -24,7 +22,10 @@ RDC_HD int64_t vote_bin(const float* emb, const uint8_t* mask, int64_t i, int64_
   for (int a = 0; a < NDIM; ++a) {
     const float e = emb[a * n + i];
     if (!is_finite(e)) return -1;
-    const double b = ::rint(static_cast<double>(e) / g.spacing[a]);
+    // Division by a spacing of exactly 1 is the identity: skip it (same result, faster).
+    const double x = g.spacing[a] == 1.0 ? static_cast<double>(e) : static_cast<double>(e) / g.spacing[a];
+    if (!(x > -1.0 && x < 2251799813685248.0)) return -1;  // off the image (or >= 2^51)
+    const double b = round_half_even(x);
     if (!(b >= 0.0 && b <= static_cast<double>(g.shape.size[a] - 1))) return -1;
     c[a] = static_cast<int64_t>(b);
   }

@@ -12,21 +12,26 @@ void hough_votes_cpu(int ndim, const int64_t* shape, const double* spacing, cons
     for (int a = 0; a < NDIM; ++a) g.spacing[a] = spacing[a];
     const int64_t n = g.shape.numel();
     parallel_for(n, threads, 1 << 16, [&](int64_t begin, int64_t end) {
-      // Neighbouring pixels mostly vote for the same bin (one instance, one centre): count runs
-      // and flush each with one atomic add instead of one per pixel.
-      int64_t run_bin = -1;
-      int32_t run = 0;
+      // Pixels of one instance vote for a handful of bins around its centre: count them in a
+      // small direct-mapped cache and flush each entry with one atomic add on eviction, instead
+      // of one atomic per pixel.
+      constexpr int kSlots = 256;
+      int64_t bin[kSlots];
+      int32_t count[kSlots];
+      for (int s = 0; s < kSlots; ++s) bin[s] = -1, count[s] = 0;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = vote_bin(emb, mask, i, n, g);
-        if (b == run_bin) {
-          ++run;
-          continue;
+        if (b < 0) continue;
+        const int slot = static_cast<int>(b & (kSlots - 1));
+        if (bin[slot] != b) {
+          if (bin[slot] >= 0) __atomic_fetch_add(votes + bin[slot], count[slot], __ATOMIC_RELAXED);
+          bin[slot] = b;
+          count[slot] = 0;
         }
-        if (run_bin >= 0) __atomic_fetch_add(votes + run_bin, run, __ATOMIC_RELAXED);
-        run_bin = b;
-        run = 1;
+        ++count[slot];
       }
-      if (run_bin >= 0) __atomic_fetch_add(votes + run_bin, run, __ATOMIC_RELAXED);
+      for (int s = 0; s < kSlots; ++s)
+        if (bin[s] >= 0) __atomic_fetch_add(votes + bin[s], count[s], __ATOMIC_RELAXED);
     });
   });
 }

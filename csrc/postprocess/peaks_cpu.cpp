@@ -40,8 +40,17 @@ static std::vector<int64_t> peaks_typed(const PeakParams<NDIM>& p, const S* scor
   std::vector<std::vector<int64_t>> found(parallel_chunks(n, threads, grain));
   parallel_for_chunks(n, threads, grain, [&](int64_t chunk, int64_t b, int64_t e) {
     auto& mine = found[chunk];
-    for (int64_t i = b; i < e; ++i)
-      if (static_cast<int64_t>(score[i]) >= p.min_votes && is_peak(score, i, p)) mine.push_back(i);
+    // Most pixels have too few votes: skip blocks whose maximum is below min_votes with a
+    // branch-free (vectorisable) scan.
+    constexpr int64_t kBlock = 64;
+    for (int64_t i0 = b; i0 < e; i0 += kBlock) {
+      const int64_t i1 = std::min(e, i0 + kBlock);
+      S block_max = score[i0];
+      for (int64_t i = i0 + 1; i < i1; ++i) block_max = score[i] > block_max ? score[i] : block_max;
+      if (static_cast<int64_t>(block_max) < p.min_votes) continue;
+      for (int64_t i = i0; i < i1; ++i)
+        if (static_cast<int64_t>(score[i]) >= p.min_votes && is_peak(score, i, p)) mine.push_back(i);
+    }
   });
   std::vector<int64_t> all;
   for (auto& f : found) all.insert(all.end(), f.begin(), f.end());
