@@ -93,11 +93,13 @@ PYBIND11_MODULE(_C, m) {
     rdc::assign_cpu(call.args, ptr<const float>(emb), ptr<const uint8_t>(mask), ptr<const int32_t>(cand_start),
                     ptr<const int32_t>(cand_items), max_d2, ptr<int32_t>(labels), threads);
   }, release);
-  m.def("label_opening_cpu", [](std::vector<int64_t> shape, uintptr_t offsets, int64_t count,
+  m.def("label_opening_cpu", [](std::vector<int64_t> shape, uintptr_t offsets, uintptr_t image_deltas,
+                                uintptr_t padded_deltas, int64_t count,
                                 std::vector<int64_t> halo, uintptr_t labels, bool is_int64, uintptr_t eroded,
                                 uintptr_t out, int threads) {
     check_ndim(shape, "label_opening");
-    rdc::label_opening_cpu(int(shape.size()), shape.data(), ptr<const int32_t>(offsets), count, halo.data(),
+    rdc::label_opening_cpu(int(shape.size()), shape.data(), ptr<const int32_t>(offsets),
+                           ptr<const int64_t>(image_deltas), ptr<const int64_t>(padded_deltas), count, halo.data(),
                            ptr<const void>(labels), is_int64, ptr<void>(eroded), ptr<void>(out), threads);
   }, release);
 
@@ -138,11 +140,13 @@ PYBIND11_MODULE(_C, m) {
     rdc::assign_cuda(call.args, ptr<const float>(emb), ptr<const uint8_t>(mask), ptr<const int32_t>(cand_start),
                      ptr<const int32_t>(cand_items), max_d2, ptr<int32_t>(labels), device, ptr<void>(stream));
   }, release);
-  m.def("label_opening_cuda", [](std::vector<int64_t> shape, uintptr_t offsets, int64_t count,
+  m.def("label_opening_cuda", [](std::vector<int64_t> shape, uintptr_t offsets, uintptr_t image_deltas,
+                                uintptr_t padded_deltas, int64_t count,
                                  std::vector<int64_t> halo, uintptr_t labels, bool is_int64, uintptr_t eroded,
                                  uintptr_t out, int device, uintptr_t stream) {
     check_ndim(shape, "label_opening");
-    rdc::label_opening_cuda(int(shape.size()), shape.data(), ptr<const int32_t>(offsets), count, halo.data(),
+    rdc::label_opening_cuda(int(shape.size()), shape.data(), ptr<const int32_t>(offsets),
+                           ptr<const int64_t>(image_deltas), ptr<const int64_t>(padded_deltas), count, halo.data(),
                             ptr<const void>(labels), is_int64, ptr<void>(eroded), ptr<void>(out), device,
                             ptr<void>(stream));
   }, release);

@@ -94,10 +94,13 @@ def unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.stack(coords[::-1], dim=1) if coords else flat.reshape(-1, 0)
 
 
+CELLS_PER_CENTRE = 8
+
+
 def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]):
     """Uniform grid over the image's physical box with the centres bucketed per cell (CSR).
 
-    About four cells per centre, cubic in physical units: most cells then lie inside one centre's
+    About eight cells per centre, cubic in physical units: most cells then lie inside one centre's
     Voronoi region and have a single candidate.
     """
     ndim = len(shape)
@@ -106,7 +109,7 @@ def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[
     spread = [a for a in range(ndim) if extent[a] > 0]
     cells, cell = [1] * ndim, [1.0] * ndim
     if spread:
-        target = min(max(4 * k, 1), 1 << 22)
+        target = min(max(CELLS_PER_CENTRE * k, 1), 1 << 22)
         volume = math.prod(extent[a] for a in spread)
         side = (volume / target) ** (1.0 / len(spread))
         for a in spread:
@@ -154,8 +157,11 @@ def assign_to_centres(
     launch = _cuda(mask) if on_cuda else (_threads(),)
     build = _C.cell_candidates_cuda if on_cuda else _C.cell_candidates_cpu
     build(*grid, _ptr(counts), 0, 0, *launch)
-    cand_start[1:] = torch.cumsum(counts, 0)
-    total = int(cand_start[-1])
+    ends = torch.cumsum(counts, 0, dtype=torch.int64)
+    total = int(ends[-1])
+    if total >= 2**31:
+        raise ValueError(f"centres: too many nearest-centre candidates ({total}) for int32 indexing")
+    cand_start[1:] = ends
     cand_items = torch.empty(max(total, 1), dtype=torch.int32, device=mask.device)
     build(*grid, 0, _ptr(cand_start), _ptr(cand_items), *launch)
     assign = _C.assign_cuda if on_cuda else _C.assign_cpu
@@ -163,18 +169,49 @@ def assign_to_centres(
     return labels
 
 
+def _strides(shape: Sequence[int]) -> torch.Tensor:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return torch.tensor(strides[::-1], dtype=torch.int64)
+
+
 def label_opening(labels: torch.Tensor, radius: float, spacing: Sequence[float]) -> torch.Tensor:
     shape = list(labels.shape)
     offsets = ellipsoid_offsets(radius, spacing)
+    # Nearest offsets first (origin first): early exits in the kernel's dilation test.
+    order = torch.argsort((offsets.to(torch.int64) ** 2).sum(dim=1), stable=True)
+    offsets = offsets[order].contiguous()
     halo = offsets.abs().amax(dim=0).tolist()
     padded = [n + 2 * h for n, h in zip(shape, halo)]
+    image_deltas = (offsets.to(torch.int64) * _strides(shape)).sum(dim=1)
+    padded_deltas = (offsets.to(torch.int64) * _strides(padded)).sum(dim=1)
     eroded = torch.empty(padded, dtype=labels.dtype, device=labels.device)
     out = torch.empty_like(labels)
-    offsets = offsets.to(labels.device)
-    args = (shape, _ptr(offsets), offsets.shape[0], halo, _ptr(labels), labels.dtype == torch.int64,
-            _ptr(eroded), _ptr(out))
+    offsets, image_deltas, padded_deltas = (t.to(labels.device) for t in (offsets, image_deltas, padded_deltas))
+    args = (shape, _ptr(offsets), _ptr(image_deltas), _ptr(padded_deltas), offsets.shape[0], halo,
+            _ptr(labels), labels.dtype == torch.int64, _ptr(eroded), _ptr(out))
     if labels.device.type == "cuda":
         _C.label_opening_cuda(*args, *_cuda(labels))
     else:
         _C.label_opening_cpu(*args, _threads())
     return out
+
+
+def embeddings_to_labels(
+    embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    min_distance: float,
+    spacing: Sequence[float],
+    min_votes: int,
+    smooth_radius: int,
+    max_distance: Optional[float],
+    opening_radius: Optional[float],
+) -> torch.Tensor:
+    votes = hough_votes(embeddings, mask, spacing)
+    centres = find_peaks(votes, min_distance, min_votes, spacing, smooth_radius)
+    labels = assign_to_centres(embeddings, mask, centres, spacing, max_distance)
+    if opening_radius:
+        labels = label_opening(labels, opening_radius, spacing)
+    return labels

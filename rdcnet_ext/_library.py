@@ -16,6 +16,18 @@ from . import _launch
 _NS = "rdcnet_ext"
 
 
+def call(name: str, *args):
+    """Runs op `name`: through the dispatcher (``torch.ops.rdcnet_ext``) while tracing or on
+    tensor subclasses, so ``torch.compile``/``make_fx`` see the custom op; straight to the
+    launcher for plain eager tensors, skipping the dispatcher's per-call overhead (and its
+    one-time ~1 s warm-up on the first call of a process)."""
+    if torch.compiler.is_compiling() or any(
+        isinstance(a, torch.Tensor) and type(a) is not torch.Tensor for a in args
+    ):
+        return getattr(torch.ops.rdcnet_ext, name)(*args)
+    return getattr(_launch, name)(*args)
+
+
 @torch.library.custom_op(f"{_NS}::hough_votes", mutates_args=())
 def hough_votes(embeddings: torch.Tensor, mask: torch.Tensor, spacing: list[float]) -> torch.Tensor:
     return _launch.hough_votes(embeddings, mask, spacing)
@@ -76,12 +88,9 @@ def embeddings_to_labels(
     max_distance: Optional[float],
     opening_radius: Optional[float],
 ) -> torch.Tensor:
-    votes = _launch.hough_votes(embeddings, mask, spacing)
-    centres = _launch.find_peaks(votes, min_distance, min_votes, spacing, smooth_radius)
-    labels = _launch.assign_to_centres(embeddings, mask, centres, spacing, max_distance)
-    if opening_radius:
-        labels = _launch.label_opening(labels, opening_radius, spacing)
-    return labels
+    return _launch.embeddings_to_labels(
+        embeddings, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius
+    )
 
 
 @embeddings_to_labels.register_fake

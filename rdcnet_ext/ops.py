@@ -159,7 +159,7 @@ def hough_votes(embeddings: Array, mask: Array, spacing: Optional[Sequence[float
     """
     emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
     spacing = _check_spacing(spacing, ndim)
-    return _out(torch.ops.rdcnet_ext.hough_votes(emb, mask, spacing), was_numpy)
+    return _out(_library.call("hough_votes", emb, mask, spacing), was_numpy)
 
 
 def _check_votes(votes) -> tuple[torch.Tensor, bool]:
@@ -193,7 +193,7 @@ def find_peaks(
     min_votes = _check_int(min_votes, "min_votes")
     smooth_radius = _check_int(smooth_radius, "smooth_radius")
     spacing = _check_spacing(spacing, votes.dim())
-    return _out(torch.ops.rdcnet_ext.find_peaks(votes, min_distance, min_votes, spacing, smooth_radius), was_numpy)
+    return _out(_library.call("find_peaks", votes, min_distance, min_votes, spacing, smooth_radius), was_numpy)
 
 
 def _check_centres(centres, ndim: int, device) -> torch.Tensor:
@@ -229,7 +229,7 @@ def assign_to_centres(
     centres = _check_centres(centres, ndim, emb.device)
     spacing = _check_spacing(spacing, ndim)
     max_distance = _check_max_distance(max_distance)
-    return _out(torch.ops.rdcnet_ext.assign_to_centres(emb, mask, centres, spacing, max_distance), was_numpy)
+    return _out(_library.call("assign_to_centres", emb, mask, centres, spacing, max_distance), was_numpy)
 
 
 def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float]] = None) -> Array:
@@ -251,7 +251,7 @@ def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float
     spacing = _check_spacing(spacing, labels.dim())
     dtype = labels.dtype
     work = labels if dtype in _KERNEL_LABEL_DTYPES else labels.to(torch.int64)
-    out = torch.ops.rdcnet_ext.label_opening(work.contiguous(), radius, spacing)
+    out = _library.call("label_opening", work.contiguous(), radius, spacing)
     if was_numpy:
         return out.numpy().astype(numpy_dtype, copy=False)
     return out.to(dtype)
@@ -279,11 +279,8 @@ def embeddings_to_labels(
     max_distance = _check_max_distance(max_distance)
     if opening_radius is not None:
         opening_radius = _check_number(opening_radius, "opening_radius", minimum=0.0, strict=True)
-    labels = torch.ops.rdcnet_ext.embeddings_to_labels(
+    labels = _library.call("embeddings_to_labels", 
         emb, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius
     )
     return _out(labels, was_numpy)
 
-
-# Registration happens on import of _library; keep a reference so linters see it used.
-_REGISTERED = _library

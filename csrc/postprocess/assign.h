@@ -83,23 +83,31 @@ struct Nearest {
 };
 
 // Calls f(k) for every centre in the cells of ring r around cell c (cells at Chebyshev index
-// distance exactly r), clipped to the grid.
+// distance exactly r), clipped to the grid. Rows off the shell visit only their two end cells.
 template <int NDIM, typename F>
 RDC_HD void for_ring(const CentreGrid<NDIM>& g, const int64_t* c, int64_t r, F&& f) {
+  constexpr int X = NDIM - 1;
   int64_t lo[NDIM], hi[NDIM], j[NDIM];
   for (int a = 0; a < NDIM; ++a) {
     lo[a] = max_of<int64_t>(0, c[a] - r);
     hi[a] = min_of<int64_t>(g.cells.size[a] - 1, c[a] + r);
     j[a] = lo[a];
   }
+  auto visit = [&](int64_t x) {
+    j[X] = x;
+    const int64_t cell = g.cells.ravel(j);
+    for (int32_t t = g.cell_start[cell]; t < g.cell_start[cell + 1]; ++t) f(g.cell_items[t]);
+  };
   while (true) {
-    bool on_shell = false;
-    for (int a = 0; a < NDIM; ++a) on_shell |= (j[a] == c[a] - r || j[a] == c[a] + r);
-    if (on_shell) {
-      const int64_t cell = g.cells.ravel(j);
-      for (int32_t t = g.cell_start[cell]; t < g.cell_start[cell + 1]; ++t) f(g.cell_items[t]);
+    bool lead_on_shell = false;
+    for (int a = 0; a < X; ++a) lead_on_shell |= (j[a] == c[a] - r || j[a] == c[a] + r);
+    if (lead_on_shell || r == 0) {
+      for (int64_t x = lo[X]; x <= hi[X]; ++x) visit(x);
+    } else {
+      if (c[X] - r >= 0) visit(c[X] - r);
+      if (c[X] + r < g.cells.size[X]) visit(c[X] + r);
     }
-    int a = NDIM - 1;
+    int a = X - 1;
     while (a >= 0 && j[a] == hi[a]) {
       j[a] = lo[a];
       --a;
@@ -172,17 +180,41 @@ RDC_HD Nearest nearest_by_rings(const CentreGrid<NDIM>& g, const double* e) {
   return best;
 }
 
-// Candidates of grid cell `cell`: every centre k whose distance to the cell's box is at most
-// min over centres of their largest distance to the box; one of them is nearest to any point of
-// the box. Writes them to out (if not null) and returns their number.
+// True iff the centre at `win` is strictly nearer than centre k at every point of the box
+// [blo, bhi]: min over the box of |x - k|^2 - |x - win|^2 > 0. The function is linear in x, so the
+// minimum is a sum of per-axis endpoint minima; a relative slack keeps rounding conservative.
+template <int NDIM>
+RDC_HD bool dominated(const CentreGrid<NDIM>& g, const double* blo, const double* bhi,
+                      const double* win, int64_t k) {
+  double gain = 0.0, scale = 1.0;
+  for (int a = 0; a < NDIM; ++a) {
+    const double p = centre_position(g, k, a);
+    const double f_lo = (blo[a] - p) * (blo[a] - p) - (blo[a] - win[a]) * (blo[a] - win[a]);
+    const double f_hi = (bhi[a] - p) * (bhi[a] - p) - (bhi[a] - win[a]) * (bhi[a] - win[a]);
+    gain += min_of(f_lo, f_hi);
+    const double span = (bhi[a] - blo[a]) + (p > win[a] ? p - win[a] : win[a] - p);
+    scale += span * span + blo[a] * blo[a] + bhi[a] * bhi[a];
+  }
+  return gain > 1e-9 * scale;
+}
+
+// Candidates of grid cell `cell`: the centres that may be nearest to some point of the cell's
+// box. Writes them to out (if not null) and returns their number. Two exact filters:
+//  * distance: k's distance to the box is at most U = min over centres of their largest distance
+//    to the box (every point of the box has a centre within U);
+//  * bisector: with b any centre (the one nearest the box centre), k can beat b somewhere in the
+//    box only if min over the box of |x - k|^2 - |x - b|^2 <= 0. That function is linear in x,
+//    so its minimum over the box is a sum of per-axis endpoint minima.
+// Both only ever keep too many centres (slack tol on the box, relative slack on the tests).
 template <int NDIM>
 RDC_HD int32_t cell_candidates(const CentreGrid<NDIM>& g, int64_t cell, int32_t* out) {
   int64_t c[NDIM];
   g.cells.unravel(cell, c);
-  double blo[NDIM], bhi[NDIM], outside[NDIM];
+  double blo[NDIM], bhi[NDIM], mid[NDIM], outside[NDIM];
   for (int a = 0; a < NDIM; ++a) {
     blo[a] = static_cast<double>(c[a]) * g.cell[a] - g.tol;
     bhi[a] = static_cast<double>(c[a] + 1) * g.cell[a] + g.tol;
+    mid[a] = 0.5 * (blo[a] + bhi[a]);
     outside[a] = 0.0;
   }
   auto box_d2 = [&](int64_t k, bool farthest) {
@@ -194,28 +226,49 @@ RDC_HD int32_t cell_candidates(const CentreGrid<NDIM>& g, int64_t cell, int32_t*
     }
     return d2;
   };
-  // 1. An upper bound on the nearest distance from any point of the box.
+  // 1. The bound U (squared) and the reference centre b, by rings of cells.
   double upper = -1.0;
+  Nearest ref{0.0, -1};
   int64_t rings = 0;
   for (;; ++rings) {
     for_ring(g, c, rings, [&](int64_t k) {
       const double d2 = box_d2(k, true);
       if (upper < 0.0 || d2 < upper) upper = d2;
+      ref.offer(centre_d2(g, mid, k), k);
     });
     const double lb = beyond_ring_d2(g, c, rings, blo, bhi, outside);
     if (lb < 0.0) break;
     if (upper >= 0.0 && lb > upper * (1.0 + 1e-9)) break;
   }
-  // 2. Every centre within that bound of the box; centres beyond `rings` are farther.
+  // 2. Centres passing both filters; centres beyond `rings` are farther than U.
+  double bpos[NDIM];
+  for (int a = 0; a < NDIM; ++a) bpos[a] = centre_position(g, ref.k, a);
   int32_t count = 0;
   for (int64_t r = 0; r <= rings; ++r) {
     for_ring(g, c, r, [&](int64_t k) {
-      if (box_d2(k, false) <= upper * (1.0 + 1e-9)) {
-        if (out) out[count] = static_cast<int32_t>(k);
-        ++count;
-      }
+      if (!(box_d2(k, false) <= upper * (1.0 + 1e-9))) return;
+      if (k != ref.k && dominated(g, blo, bhi, bpos, k)) return;
+      if (out) out[count] = static_cast<int32_t>(k);
+      ++count;
     });
   }
+  if (out == nullptr || count <= 2) return count;
+  // 3. Only when writing: drop candidates dominated by another candidate over the whole box.
+  //    The count pass cannot know the result, so the rest of the list is padded with -1 entries
+  //    (skipped by nearest_label); the list keeps the length the count pass reported.
+  int32_t kept = 0;
+  for (int32_t t = 0; t < count; ++t) {
+    const int64_t k = out[t];
+    bool beaten = false;
+    for (int32_t u = 0; u < count && !beaten; ++u) {
+      if (u == t) continue;
+      double jpos[NDIM];
+      for (int a = 0; a < NDIM; ++a) jpos[a] = centre_position(g, out[u], a);
+      beaten = dominated(g, blo, bhi, jpos, k);
+    }
+    if (!beaten) out[kept++] = static_cast<int32_t>(k);
+  }
+  for (int32_t t = kept; t < count; ++t) out[t] = -1;
   return count;
 }
 
@@ -238,9 +291,10 @@ RDC_HD int32_t nearest_label(const float* emb, const uint8_t* mask, int64_t i, i
     const int64_t cell = g.cells.ravel(c);
     const int32_t first = cand_start[cell], last = cand_start[cell + 1];
     // Most cells lie inside one centre's Voronoi region: one candidate, no distance needed.
-    if (last - first == 1 && max_d2 == HUGE_VAL) return cand_items[first] + 1;
+    if ((last - first == 1 || cand_items[first + 1] < 0) && max_d2 == HUGE_VAL) return cand_items[first] + 1;
     for (int32_t t = first; t < last; ++t) {
       const int64_t k = cand_items[t];
+      if (k < 0) break;  // padding after pruning
       best.offer(centre_d2(g, e, k), k);
     }
   } else {

@@ -46,8 +46,10 @@ void cell_candidates_cpu(const AssignArgs& g, int32_t* counts, const int32_t* st
 void assign_cpu(const AssignArgs& g, const float* emb, const uint8_t* mask,
                 const int32_t* cand_start, const int32_t* cand_items, double max_d2,
                 int32_t* labels, int threads);
-// offsets: (count, ndim) ball offsets; halo: largest |offset| per axis; eroded: the padded buffer.
-void label_opening_cpu(int ndim, const int64_t* shape, const int32_t* offsets, int64_t count,
+// offsets: (count, ndim) ball offsets, nearest first; image_deltas / padded_deltas: their flat
+// offsets in the image and in the padded erosion buffer; halo: largest |offset| per axis.
+void label_opening_cpu(int ndim, const int64_t* shape, const int32_t* offsets,
+                       const int64_t* image_deltas, const int64_t* padded_deltas, int64_t count,
                        const int64_t* halo, const void* labels, bool is_int64, void* eroded, void* out, int threads);
 
 // ---- CUDA --------------------------------------------------------------------------------------
@@ -63,7 +65,8 @@ void cell_candidates_cuda(const AssignArgs& g, int32_t* counts, const int32_t* s
 void assign_cuda(const AssignArgs& g, const float* emb, const uint8_t* mask,
                  const int32_t* cand_start, const int32_t* cand_items, double max_d2,
                  int32_t* labels, int device, void* stream);
-void label_opening_cuda(int ndim, const int64_t* shape, const int32_t* offsets, int64_t count,
+void label_opening_cuda(int ndim, const int64_t* shape, const int32_t* offsets,
+                        const int64_t* image_deltas, const int64_t* padded_deltas, int64_t count,
                         const int64_t* halo, const void* labels, bool is_int64, void* eroded, void* out, int device,
                         void* stream);
 

@@ -19,7 +19,10 @@ void hough_votes_cuda(int ndim, const int64_t* shape, const double* spacing, con
     constexpr int NDIM = decltype(nd)::value;
     VoteGeometry<NDIM> g;
     g.shape = make_shape<NDIM>(shape);
-    for (int a = 0; a < NDIM; ++a) g.spacing[a] = spacing[a];
+    for (int a = 0; a < NDIM; ++a) {
+      g.spacing[a] = spacing[a];
+      g.inv_spacing[a] = 1.0 / spacing[a];
+    }
     const int64_t n = g.shape.numel();
     if (n == 0) return;
     hough_kernel<NDIM><<<blocks_for(n, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(emb, mask, votes, n, g);
