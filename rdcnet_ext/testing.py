@@ -23,10 +23,13 @@ class SyntheticField:
     spacing: tuple
 
 
-def _grid_seeds(shape: Sequence[int], count: int, rng: np.random.Generator) -> np.ndarray:
-    """About `count` seed points on a jittered grid (so objects touch but do not pile up)."""
+def _grid_seeds(shape: Sequence[int], count: int, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """About `count` seed points (pixel coordinates) on a grid that is regular in physical space,
+    jittered, so objects are roundish in physical units and touch without piling up."""
     shape = np.asarray(shape, dtype=np.float64)
-    per_axis = np.maximum(1, np.round(shape / np.prod(shape) ** (1 / len(shape)) * count ** (1 / len(shape))))
+    extent = shape * spacing
+    per_axis = np.maximum(1, np.round(extent / np.prod(extent) ** (1 / len(shape)) * count ** (1 / len(shape))))
+    per_axis = np.minimum(per_axis, shape)
     axes = [(np.arange(n) + 0.5) * (s / n) for n, s in zip(per_axis.astype(int), shape)]
     seeds = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
     step = shape / per_axis
@@ -48,7 +51,7 @@ def synthetic_labels(
     rng = np.random.default_rng(seed)
     ndim = len(shape)
     spacing = np.ones(ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    seeds = _grid_seeds(shape, count, rng)
+    seeds = _grid_seeds(shape, count, spacing, rng)
     coords = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, ndim)
     tree = cKDTree(seeds * spacing)
     dist, nearest = tree.query(coords * spacing, k=1, workers=-1)

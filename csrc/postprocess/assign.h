@@ -252,7 +252,7 @@ RDC_HD int32_t cell_candidates(const CentreGrid<NDIM>& g, int64_t cell, int32_t*
       ++count;
     });
   }
-  if (out == nullptr || count <= 2) return count;
+  if (out == nullptr || count < 2) return count;
   // 3. Only when writing: drop candidates dominated by another candidate over the whole box.
   //    The count pass cannot know the result, so the rest of the list is padded with -1 entries
   //    (skipped by nearest_label); the list keeps the length the count pass reported.
@@ -267,6 +267,13 @@ RDC_HD int32_t cell_candidates(const CentreGrid<NDIM>& g, int64_t cell, int32_t*
       beaten = dominated(g, blo, bhi, jpos, k);
     }
     if (!beaten) out[kept++] = static_cast<int32_t>(k);
+  }
+  // Ascending centre index, so that pixels can break distance ties with a strict "<".
+  for (int32_t t = 1; t < kept; ++t) {
+    const int32_t k = out[t];
+    int32_t u = t;
+    for (; u > 0 && out[u - 1] > k; --u) out[u] = out[u - 1];
+    out[u] = k;
   }
   for (int32_t t = kept; t < count; ++t) out[t] = -1;
   return count;
@@ -292,10 +299,18 @@ RDC_HD int32_t nearest_label(const float* emb, const uint8_t* mask, int64_t i, i
     const int32_t first = cand_start[cell], last = cand_start[cell + 1];
     // Most cells lie inside one centre's Voronoi region: one candidate, no distance needed.
     if ((last - first == 1 || cand_items[first + 1] < 0) && max_d2 == HUGE_VAL) return cand_items[first] + 1;
-    for (int32_t t = first; t < last; ++t) {
+    // Candidates are sorted by index: a strict "<" keeps the lowest index on ties, and the
+    // selection compiles to conditional moves (neighbouring pixels pick different winners, which
+    // a branch would mispredict).
+    best.k = cand_items[first];
+    best.d2 = centre_d2(g, e, best.k);
+    for (int32_t t = first + 1; t < last; ++t) {
       const int64_t k = cand_items[t];
       if (k < 0) break;  // padding after pruning
-      best.offer(centre_d2(g, e, k), k);
+      const double d2 = centre_d2(g, e, k);
+      const bool nearer = d2 < best.d2;
+      best.d2 = nearer ? d2 : best.d2;
+      best.k = nearer ? k : best.k;
     }
   } else {
     best = nearest_by_rings(g, e);
