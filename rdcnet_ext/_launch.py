@@ -14,7 +14,17 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import _C
+try:
+    from . import _C
+except ImportError as err:  # pragma: no cover - depends on how Python was started
+    import os as _os
+
+    raise ImportError(
+        f"rdcnet_ext's compiled module _C was not found next to {_os.path.dirname(__file__)}. "
+        "Install the package (`pip install .`); if it is installed, this is the source tree "
+        "shadowing it (e.g. `python -m pytest` run from the repository root puts the root on "
+        "sys.path): run `pytest` instead, or from another directory."
+    ) from err
 from ._geometry import ellipsoid_offsets, peak_window
 
 HAS_CUDA: bool = bool(_C.has_cuda)
@@ -138,15 +148,17 @@ def assign_to_centres(
     max_distance: Optional[float],
 ) -> torch.Tensor:
     shape = list(mask.shape)
+    if centres.shape[0] >= 2**31 - 1:
+        raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
+    if centres.shape[0]:
+        upper = torch.tensor(shape, device=centres.device)
+        outside = ((centres < 0) | (centres >= upper)).any(dim=1)
+        if bool(outside.any()):
+            bad = centres[outside][0].tolist()
+            raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(shape)}, got {bad}")
     if centres.shape[0] == 0 or mask.numel() == 0:
         return torch.zeros(shape, dtype=torch.int32, device=mask.device)
     labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
-    if centres.shape[0] >= 2**31 - 1:
-        raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
-    upper = torch.tensor(shape, device=centres.device)
-    if bool(((centres < 0) | (centres >= upper)).any()):
-        bad = centres[((centres < 0) | (centres >= upper)).any(dim=1)][0].tolist()
-        raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(shape)}, got {bad}")
     cells, cell, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing)
     grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, tol)
     max_d2 = math.inf if max_distance is None else float(max_distance) ** 2

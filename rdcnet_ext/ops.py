@@ -45,7 +45,7 @@ __all__ = [
 
 Array = Union[torch.Tensor, np.ndarray]
 
-_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32)
 _KERNEL_LABEL_DTYPES = (torch.int32, torch.int64)
 
 
@@ -62,6 +62,8 @@ def _as_tensor(x, name: str) -> tuple[torch.Tensor, bool]:
     if isinstance(x, torch.Tensor):
         return x, False
     if isinstance(x, np.ndarray):
+        if not x.dtype.isnative:  # e.g. big-endian '>f4' from some TIFF readers
+            x = x.astype(x.dtype.newbyteorder("="))
         if x.dtype.kind == "u" and x.dtype.itemsize > 1:  # torch lacks most ops on uint16/32/64
             if x.size and int(x.max()) > np.iinfo(np.int64).max:
                 raise ValueError(f"{name}: values must fit in int64, got a maximum of {x.max()}")
@@ -90,6 +92,8 @@ def _check_embeddings(embeddings: torch.Tensor) -> int:
             "embeddings: expected shape (ndim, *spatial) with ndim = 2 or 3 spatial axes, i.e. "
             f"(2, H, W) or (3, D, H, W), got {_describe(embeddings)}"
         )
+    if any(n >= 2**31 for n in embeddings.shape[1:]):
+        raise ValueError(f"embeddings: every spatial axis must be shorter than 2**31, got {_describe(embeddings)}")
     return embeddings.dim() - 1
 
 
@@ -104,27 +108,33 @@ def _check_mask(mask: torch.Tensor, shape, name: str = "mask") -> torch.Tensor:
 def _check_spacing(spacing, ndim: int) -> list[float]:
     if spacing is None:
         return [1.0] * ndim
-    if isinstance(spacing, numbers.Real) and not isinstance(spacing, bool):
-        values = [float(spacing)] * ndim
+    if isinstance(spacing, (numbers.Real, torch.SymFloat)) and not isinstance(spacing, bool):
+        values = [spacing if isinstance(spacing, torch.SymFloat) else float(spacing)] * ndim
     else:
         if isinstance(spacing, (torch.Tensor, np.ndarray)):
             spacing = spacing.tolist()
         try:
-            values = [float(s) for s in spacing]
+            values = [s if isinstance(s, (torch.SymFloat, torch.SymInt)) else float(s) for s in spacing]
         except (TypeError, ValueError):
             raise TypeError(f"spacing: expected a number or {ndim} numbers, got {spacing!r}") from None
         if len(values) != ndim:
             raise ValueError(f"spacing: expected {ndim} values (one per spatial axis), got {len(values)}: {spacing!r}")
-    if not all(math.isfinite(s) and s > 0 for s in values):
+    if not all(not _is_bad_float(s) and s > 0 for s in values):
         raise ValueError(f"spacing: expected positive finite values, got {values}")
     return values
 
 
+def _is_bad_float(v, allow_inf: bool = False) -> bool:
+    # Plain comparisons rather than math.isnan/isfinite: torch.compile traces them on symbolic
+    # floats too (math.* on a SymFloat is a graph break).
+    return v != v or (not allow_inf and (v == math.inf or v == -math.inf))
+
+
 def _check_number(value, name: str, *, minimum: float, strict: bool, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"{name}: expected a number, got {_describe(value)}")
-    v = float(value)
-    if math.isnan(v) or (math.isinf(v) and not allow_inf) or v < minimum or (strict and v == minimum):
+    v = value if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
+    if _is_bad_float(v, allow_inf) or v < minimum or (strict and v == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
     return v
