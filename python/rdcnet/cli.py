@@ -1,0 +1,288 @@
+"""The ``rdcnet`` command line: demo, train, predict, evaluate.
+
+Errors the user can fix (bad paths, shapes, options) are reported as one line on stderr with
+exit status 2, not as a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+class UsageError(Exception):
+    """A problem with the user's input, reported in one line."""
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.replace("x", ",").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _per_axis(values: Optional[tuple], ndim: int, name: str):
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values * ndim
+    if len(values) != ndim:
+        raise UsageError(f"--{name}: expected 1 or {ndim} values for {ndim}D data, got {len(values)}")
+    return values
+
+
+def _image_files(path: Path, what: str) -> List[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise UsageError(f"{what}: no TIFF/PNG/JPEG images in folder {path}")
+        return files
+    raise UsageError(f"{what}: no such file or folder: {path}")
+
+
+def _label_path_for(image: Path, label_dir: Path) -> Path:
+    for cand in [label_dir / image.name] + [label_dir / (image.stem + s) for s in IMAGE_SUFFIXES]:
+        if cand.is_file():
+            return cand
+    raise UsageError(f"no label image for {image.name} in {label_dir}")
+
+
+def _load_pairs(image_dir: Path, label_dir: Path, undefined=None):
+    from .data import read_image, read_labels
+
+    pairs = []
+    for img in _image_files(image_dir, "images"):
+        lab = _label_path_for(img, label_dir)
+        pairs.append((read_image(img), read_labels(lab, undefined=undefined)))
+    return pairs
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out_dir=Path(args.out), minutes=args.minutes, seed=args.seed, device=args.device,
+                    quick=args.quick)
+
+
+# ---- train -----------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .model import RDCNet
+    from .postprocess import PostprocessConfig
+    from .train import TrainConfig, train
+
+    pairs = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
+    if args.val_images:
+        if not args.val_labels:
+            raise UsageError("--val-images needs --val-labels")
+        val = _load_pairs(Path(args.val_images), Path(args.val_labels), args.undefined)
+    else:
+        if len(pairs) < 2:
+            raise UsageError("need at least 2 training images to hold one out for validation "
+                             "(or give --val-images/--val-labels)")
+        rng = np.random.default_rng(args.seed)
+        order = rng.permutation(len(pairs))
+        n_val = max(1, int(round(len(pairs) * args.val_fraction)))
+        val = [pairs[i] for i in order[:n_val]]
+        pairs = [pairs[i] for i in order[n_val:]]
+    image0 = pairs[0][0]
+    ndim = args.ndim or (3 if image0.ndim == 3 and image0.shape[-1] not in (3, 4) else 2)
+    in_channels = 1 if image0.ndim == ndim else image0.shape[-1]
+    spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
+    factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
+    crop = _per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256))
+    model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
+                   dilations=args.dilations, iterations=args.iterations, spacing=spacing,
+                   downsampling_channels=args.downsampling_channels)
+    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop, epochs=args.epochs,
+                      steps_per_epoch=args.steps, lr=args.lr, augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
+                      seed=args.seed, device=args.device,
+                      postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
+                                                    opening_radius=args.opening_radius))
+    print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
+    result = train(model, pairs, val, cfg, resume=not args.no_resume)
+    print(f"best validation F1@0.5 {result.best_f1:.3f}; checkpoint {result.best_checkpoint}")
+    return 0
+
+
+# ---- predict ---------------------------------------------------------------------------------
+
+
+def _output_path(out: Path, image: Path, single: bool) -> Path:
+    if single and out.suffix.lower() in (".tif", ".tiff"):
+        return out
+    return out / (image.stem + ".tif")
+
+
+def cmd_predict(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import read_image, write_labels
+    from .predict import predict
+    from .train import load_checkpoint
+
+    files = _image_files(Path(args.input), "input")
+    model, post, _ = load_checkpoint(args.model, device=args.device)
+    for name in ("min_distance", "min_votes", "opening_radius"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(post, name, value)
+    out = Path(args.out)
+    single = len(files) == 1 and Path(args.input).is_file()
+    if not (single and out.suffix.lower() in (".tif", ".tiff")):
+        out.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(files, desc="segmenting", unit="image", disable=len(files) < 2):
+        image = read_image(path)
+        labels = predict(model, image, post, tile_shape=args.tile, device=args.device)
+        target = _output_path(out, path, single)
+        write_labels(target, labels)
+        print(f"{path} -> {target}: {int(labels.max())} objects")
+    return 0
+
+
+# ---- evaluate --------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args) -> int:
+    from . import metrics
+    from .data import read_labels
+
+    truth_files = _image_files(Path(args.truth), "truth")
+    pred_dir = Path(args.pred)
+    pairs, names = [], []
+    for t in truth_files:
+        p = pred_dir if pred_dir.is_file() else _label_path_for(t, pred_dir)
+        if not p.exists():
+            raise UsageError(f"pred: no such file or folder: {p}")
+        pairs.append((read_labels(t, undefined=args.undefined), read_labels(p)))
+        names.append(t.stem)
+    summary = metrics.evaluate([a for a, _ in pairs], [b for _, b in pairs], names=names)
+    table = metrics.summary_table_markdown(summary)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.md").write_text(table + "\n")
+        metrics.to_csv(summary, out / "metrics.csv")
+        metrics.plot_f1_vs_iou({"mean over images": (summary.thresholds, summary.mean["f1"])},
+                               out / "f1_vs_iou.png")
+        print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'} and {out / 'f1_vs_iou.png'}", file=sys.stderr)
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rdcnet",
+        description="RDCNet instance segmentation for 2D and 3D microscopy (Ortiz et al. 2020).",
+        epilog="Run 'rdcnet <command> --help' for the options of a command.")
+    sub = p.add_subparsers(dest="command", metavar="command", required=True)
+
+    d = sub.add_parser("demo", help="train on built-in synthetic nuclei, segment held-out images, report metrics",
+                       description="Generate synthetic 2D nuclei, train a small RDCNet for a few minutes, "
+                                   "segment held-out images, print precision/recall/F1@0.5, SBD and AJI and "
+                                   "write an overlay PNG. Needs no data and no GPU.")
+    d.add_argument("--out", default="rdcnet-demo", help="output folder (default: %(default)s)")
+    d.add_argument("--minutes", type=float, default=4.0, help="training time budget (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    d.add_argument("--quick", action="store_true", help="a tiny run to check the installation (seconds)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model on image/label folders",
+                       description="Train RDCNet on pairs of images and instance labels (same file names in "
+                                   "the two folders; TIFF or PNG; 2D, 2D RGB or 3D).")
+    t.add_argument("--images", required=True, help="folder of training images")
+    t.add_argument("--labels", required=True, help="folder of label images (0 background, 1..K instances)")
+    t.add_argument("--val-images", help="folder of validation images (default: hold out --val-fraction)")
+    t.add_argument("--val-labels", help="folder of validation labels")
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, training.png")
+    t.add_argument("--ndim", type=int, choices=(2, 3), help="spatial dimensions (default: from the images)")
+    t.add_argument("--spacing", type=_floats, help="pixel size per axis, e.g. 2,0.26,0.26 (default: 1)")
+    t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: 4 in 2D, 1,4,4 in 3D)")
+    t.add_argument("--crop", type=_ints, help="training crop in pixels (default: 256 in 2D, 16,128,128 in 3D)")
+    t.add_argument("--margin", type=float, default=5.0, help="ESJ margin in physical units (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--steps", type=int, default=100, help="steps per epoch (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--groups", type=int, default=8)
+    t.add_argument("--channels", type=int, default=64, help="channels per group (default: %(default)s)")
+    t.add_argument("--downsampling-channels", type=int, default=32)
+    t.add_argument("--dilations", type=_ints, default=(1, 2, 4, 8))
+    t.add_argument("--iterations", type=int, default=5)
+    t.add_argument("--augment", choices=("grey", "rgb", "none"), help="default: rgb for colour images, else grey")
+    t.add_argument("--min-votes", type=int, default=5, help="minimum votes of a centre (default: %(default)s)")
+    t.add_argument("--opening-radius", type=float, help="label-wise opening radius at inference (physical units)")
+    t.add_argument("--undefined", type=int, help="label value meaning 'undefined' (ignored in the loss)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has last.pt")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("predict", help="segment images with a trained model",
+                       description="Segment a TIFF/PNG image or a folder of them; writes TIFF label images "
+                                   "(one per input, same file stem) into --out.")
+    r.add_argument("input", help="image file or folder")
+    r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo'")
+    r.add_argument("--out", required=True, help="output folder, or a .tif path for a single input")
+    r.add_argument("--tile", type=_ints, help="tile size in pixels for large images")
+    r.add_argument("--min-distance", type=float, help="peak window half-size (default: the training margin)")
+    r.add_argument("--min-votes", type=int, help="minimum votes of a centre (default: from the checkpoint)")
+    r.add_argument("--opening-radius", type=float, help="label-wise opening radius (default: from the checkpoint)")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="compare predicted labels with ground truth",
+                       description="Precision, recall and F1 at IoU 0.1…0.95, SBD and AJI per image and averaged; "
+                                   "prints a Markdown table and with --out writes metrics.md, metrics.csv and "
+                                   "the F1-vs-IoU curve as PNG.")
+    e.add_argument("--truth", required=True, help="ground-truth label file or folder")
+    e.add_argument("--pred", required=True, help="predicted label file or folder (same file names)")
+    e.add_argument("--out", help="folder for metrics.md, metrics.csv, f1_vs_iou.png")
+    e.add_argument("--undefined", type=int, help="truth label value meaning 'undefined' (ignored)")
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
+        print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"rdcnet {args.command}: interrupted (finished epochs are saved in the run folder)", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

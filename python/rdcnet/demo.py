@@ -1,0 +1,110 @@
+"""``rdcnet demo``: the whole workflow on built-in synthetic nuclei, on a laptop CPU in minutes.
+
+Generates touching, noisy nuclei with uneven illumination, trains a small RDCNet within a time
+budget (the number of steps is calibrated on the machine so the cosine schedule completes),
+segments held-out images and reports precision/recall/F1 at IoU 0.5, SBD and AJI."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# The demo's settings: a small model (the paper's is 8 groups × 64 channels) that trains on two
+# CPU cores in a few minutes, on 128 × 128 images of nuclei of radius ~5–11 px.
+DEMO_SHAPE = (128, 128)
+DEMO_IMAGES = {"train": 32, "val": 4, "test": 8}
+DEMO_MODEL = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=16, groups=4, channels_per_group=16,
+                  dilations=(1, 2, 4, 8), iterations=4, dropout=0.1)
+DEMO_MARGIN = 4.0
+DEMO_CROP = (96, 96)
+DEMO_EPOCHS = 12
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _calibrate_step(model, crop, margin, device, steps: int = 3) -> float:
+    """Seconds per training step (batch 2) on this machine, measured on a throw-away copy."""
+    import copy
+
+    import torch
+
+    from .losses import RDCNetLoss
+
+    m = copy.deepcopy(model).to(device).train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    loss_fn = RDCNetLoss(margin)
+    x = torch.randn(2, 1, *crop, device=device)
+    y = torch.zeros(2, *crop, dtype=torch.long, device=device)
+    y[:, 10:30, 10:30], y[:, 40:60, 40:60] = 1, 2
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        loss, _ = loss_fn(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def run_demo(out_dir: Path = Path("rdcnet-demo"), minutes: float = 4.0, seed: int = 0, device: str = "auto",
+             quick: bool = False) -> int:
+    import torch
+
+    from . import metrics
+    from .data import nuclei_2d
+    from .model import RDCNet
+    from .postprocess import PostprocessConfig
+    from .predict import predict
+    from .train import TrainConfig, load_checkpoint, train
+    from .viz import save_overlay
+
+    if minutes <= 0:
+        raise ValueError(f"minutes: expected a positive time budget, got {minutes}")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"train": 4, "val": 2, "test": 2} if quick else DEMO_IMAGES
+    _log(f"generating synthetic nuclei: {counts['train']} training, {counts['val']} validation, "
+         f"{counts['test']} test images of {DEMO_SHAPE[0]}×{DEMO_SHAPE[1]} px")
+    data = {split: nuclei_2d(n, shape=DEMO_SHAPE, seed=seed * 1000 + i)
+            for i, (split, n) in enumerate(counts.items())}
+
+    torch.manual_seed(seed)
+    model = RDCNet(**DEMO_MODEL)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    step_s = _calibrate_step(model, DEMO_CROP, DEMO_MARGIN, dev)
+    epochs = 1 if quick else DEMO_EPOCHS
+    budget_s = 10.0 if quick else minutes * 60 * 0.8  # the rest: validation, generation, evaluation
+    steps = max(5, int(budget_s / step_s / epochs))
+    _log(f"training a small RDCNet ({sum(p.numel() for p in model.parameters()):,} parameters) on {dev}: "
+         f"{epochs} epochs × {steps} steps of batch 2 (~{step_s * 1000:.0f} ms/step here)")
+    post = PostprocessConfig(margin=DEMO_MARGIN, min_votes=5, smooth_radius=1)
+    config = TrainConfig(out_dir=str(out_dir / "run"), margin=DEMO_MARGIN, crop=DEMO_CROP, epochs=epochs,
+                         steps_per_epoch=steps, augment="grey", seed=seed, device=str(dev), postprocess=post)
+    result = train(model, data["train"], data["val"], config, resume=False)
+
+    best, post, _ = load_checkpoint(result.best_checkpoint, device=dev)
+    truths, preds = [], []
+    for image, truth in data["test"]:
+        truths.append(truth)
+        preds.append(predict(best, image, post, device=dev))
+    summary = metrics.evaluate(truths, preds, names=[f"test_{i}" for i in range(len(truths))])
+    mean = summary.mean
+    save_overlay(out_dir / "overlay.png", data["test"][0][0], preds[0], truths[0],
+                 title=f"rdcnet demo: F1@0.5 {mean['f1@0.5']:.3f}")
+    (out_dir / "metrics.md").write_text(metrics.summary_table_markdown(summary) + "\n")
+    wall = time.perf_counter() - t_start
+    print(f"\nrdcnet demo: {len(truths)} held-out images, {wall / 60:.1f} min in total")
+    print(f"  precision@0.5 {mean['precision@0.5']:.3f}   recall@0.5 {mean['recall@0.5']:.3f}   "
+          f"F1@0.5 {mean['f1@0.5']:.3f}")
+    print(f"  SBD {mean['sbd']:.3f}   AJI {mean['aji']:.3f}")
+    print(f"  overlay: {out_dir / 'overlay.png'}; metrics: {out_dir / 'metrics.md'}; "
+          f"training curves: {Path(config.out_dir) / 'training.png'}; model: {result.best_checkpoint}")
+    return 0

@@ -1,0 +1,275 @@
+"""The RDCNet model: a strided input conv, one recurrent block applied ``iterations`` times with
+shared weights, a transposed output conv, a softmax class head and an additive
+semi-convolutional embedding head in physical units (see DESIGN.md, "The model")."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
+
+_CONV = {2: F.conv2d, 3: F.conv3d}
+
+
+class RDCNetOutput(NamedTuple):
+    """One prediction: ``embeddings`` (B, ndim, *S) in physical units (pixel index × spacing plus
+    the learned offsets), ``probabilities`` (B, n_classes, *S) after the softmax and the raw
+    ``logits`` of the class head."""
+
+    embeddings: torch.Tensor
+    probabilities: torch.Tensor
+    logits: torch.Tensor
+
+
+def _per_axis(value, ndim: int, name: str, kind=int) -> Tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value,) * ndim
+    value = tuple(kind(v) for v in value)
+    if len(value) != ndim:
+        raise ValueError(f"{name}: expected {ndim} values (one per spatial axis), got {len(value)}")
+    if any(v <= 0 for v in value):
+        raise ValueError(f"{name}: expected positive values, got {value}")
+    return value
+
+
+def ssdc_unfused(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope):
+    """The sSDC with framework ops: one grouped 3x3(x3) conv per dilation sharing ``weight``,
+    LeakyReLU, then the grouped 1x1 reduction over the dilation-major stack."""
+    ndim = x.dim() - 2
+    conv = _CONV[ndim]
+    B, GC = x.shape[:2]
+    C = GC // groups
+    outs = [
+        F.leaky_relu(conv(x, weight, bias, padding=d, dilation=d, groups=groups), negative_slope)
+        for d in dilations
+    ]
+    spatial = outs[0].shape[2:]
+    # (B, G, D, C, *S): for each group its D dilations' C channels, dilation-major.
+    stacked = torch.stack([o.reshape(B, groups, C, *spatial) for o in outs], dim=2)
+    stacked = stacked.reshape(B, groups * len(dilations) * C, *spatial)
+    return conv(stacked, reduce_weight, reduce_bias, groups=groups)
+
+
+def _fused_ssdc_available(device: torch.device) -> bool:
+    try:
+        from rdcnet_ext import ops
+    except ImportError:
+        return False
+    if not hasattr(ops, "ssdc"):
+        return False
+    if device.type == "cuda":
+        import rdcnet_ext
+
+        return bool(getattr(rdcnet_ext, "has_cuda", False))
+    return device.type == "cpu"
+
+
+class SSDC(nn.Module):
+    """Shared stacked dilated convolution: per group one 3x3(x3) kernel applied at every dilation
+    rate, each result through a LeakyReLU, then a grouped 1x1 reduction back to ``channels``.
+
+    The parameters have the layouts of ``rdcnet_ext.ops.ssdc``, so one checkpoint serves the
+    fused and the unfused path. ``fused=None`` picks the fused op where the extension provides
+    it for the input's device."""
+
+    def __init__(self, ndim: int, groups: int, channels_per_group: int, dilations: Sequence[int],
+                 negative_slope: float = 0.3, fused: Optional[bool] = None):
+        super().__init__()
+        self.ndim, self.groups, self.dilations = ndim, groups, tuple(int(d) for d in dilations)
+        self.negative_slope, self.fused = negative_slope, fused
+        C, G, D = channels_per_group, groups, len(self.dilations)
+        k = (3,) * ndim
+        self.weight = nn.Parameter(torch.empty(G * C, C, *k))
+        self.bias = nn.Parameter(torch.empty(G * C))
+        self.reduce_weight = nn.Parameter(torch.empty(G * C, D * C, *(1,) * ndim))
+        self.reduce_bias = nn.Parameter(torch.empty(G * C))
+        # Same initialisation as the equivalent torch convs (kaiming-uniform, a=sqrt(5)).
+        for w, b in ((self.weight, self.bias), (self.reduce_weight, self.reduce_bias)):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            fan_in = w[0].numel()
+            nn.init.uniform_(b, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+    def use_fused(self, x: torch.Tensor) -> bool:
+        if self.fused is False:
+            return False
+        available = _fused_ssdc_available(x.device)
+        if self.fused and not available:
+            raise RuntimeError(f"SSDC(fused=True): rdcnet_ext provides no fused sSDC for {x.device} inputs")
+        return available
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        args = (x, self.weight, self.bias, self.reduce_weight, self.reduce_bias, self.dilations, self.groups,
+                self.negative_slope)
+        if self.use_fused(x):
+            from rdcnet_ext import ops
+
+            return ops.ssdc(*args)
+        return ssdc_unfused(*args)
+
+
+class RecurrentBlock(nn.Module):
+    """f_theta of Y_i = Y_{i-1} + f_theta(concat(X, Y_{i-1})): spatial dropout → LeakyReLU →
+    1x1 conv mixing all groups → LeakyReLU → sSDC."""
+
+    def __init__(self, ndim, in_channels, groups, channels_per_group, dilations, dropout, negative_slope, fused):
+        super().__init__()
+        width = groups * channels_per_group
+        self.dropout = (nn.Dropout2d if ndim == 2 else nn.Dropout3d)(dropout) if dropout > 0 else nn.Identity()
+        self.mix = (nn.Conv2d if ndim == 2 else nn.Conv3d)(in_channels + width, width, 1)
+        self.ssdc = SSDC(ndim, groups, channels_per_group, dilations, negative_slope, fused)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(torch.cat([x, y], dim=1))
+        h = self.mix(F.leaky_relu(h, self.negative_slope))
+        return self.ssdc(F.leaky_relu(h, self.negative_slope))
+
+
+@dataclass
+class RDCNetConfig:
+    """Everything needed to rebuild an RDCNet (stored in checkpoints)."""
+
+    ndim: int = 2
+    in_channels: int = 1
+    n_classes: int = 2
+    factor: Tuple[int, ...] = (4, 4)
+    downsampling_channels: int = 32
+    groups: int = 8
+    channels_per_group: int = 64
+    dilations: Tuple[int, ...] = (1, 2, 4, 8)
+    iterations: int = 5
+    dropout: float = 0.1
+    negative_slope: float = 0.3
+    spacing: Tuple[float, ...] = (1.0, 1.0)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class RDCNet(nn.Module):
+    """Recurrent dilated convolutional network for instance segmentation (Ortiz et al. 2020).
+
+    Args:
+        ndim: 2 or 3 spatial axes.
+        in_channels: image channels (1 for grey, 3 for RGB).
+        n_classes: semantic classes including background (softmax head).
+        factor: down-sampling factor per axis (int or tuple, e.g. ``(1, 8, 8)`` for anisotropic
+            stacks); the input conv has kernel ``max(3, f)`` and stride ``f``.
+        downsampling_channels: channels of the input conv (paper: 32).
+        groups, channels_per_group: the recurrent state's layout (paper: 8 × 64).
+        dilations: dilation rates of the sSDC.
+        iterations: recurrent steps (weights shared across steps).
+        dropout: spatial dropout rate at the block's input.
+        negative_slope: LeakyReLU slope.
+        spacing: physical pixel size per axis; embeddings are in these units.
+        fused: use rdcnet_ext's fused sSDC (None: when available for the input's device).
+
+    ``forward(x)`` takes (B, in_channels, *S) of any spatial size (padded to a multiple of the
+    factor, cropped back) and returns an :class:`RDCNetOutput`.
+    """
+
+    def __init__(self, ndim: int = 2, in_channels: int = 1, n_classes: int = 2,
+                 factor: Union[int, Sequence[int]] = 4, downsampling_channels: int = 32, groups: int = 8,
+                 channels_per_group: int = 64, dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 5,
+                 dropout: float = 0.1, negative_slope: float = 0.3,
+                 spacing: Optional[Union[float, Sequence[float]]] = None, fused: Optional[bool] = None):
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim: expected 2 or 3, got {ndim}")
+        for name, v in (("in_channels", in_channels), ("n_classes", n_classes), ("groups", groups),
+                        ("channels_per_group", channels_per_group), ("iterations", iterations),
+                        ("downsampling_channels", downsampling_channels)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if n_classes < 2:
+            raise ValueError(f"n_classes: expected at least 2 (background and foreground), got {n_classes}")
+        dilations = tuple(int(d) for d in dilations)
+        if not dilations or any(d < 1 for d in dilations):
+            raise ValueError(f"dilations: expected one or more positive ints, got {dilations}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a rate in [0, 1), got {dropout}")
+        factor = _per_axis(factor, ndim, "factor")
+        spacing = _per_axis(1.0 if spacing is None else spacing, ndim, "spacing", float)
+        self.config = RDCNetConfig(ndim, in_channels, n_classes, factor, downsampling_channels, groups,
+                                   channels_per_group, dilations, iterations, float(dropout),
+                                   float(negative_slope), spacing)
+        Conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        ConvT = nn.ConvTranspose2d if ndim == 2 else nn.ConvTranspose3d
+        width = groups * channels_per_group
+        k_in = tuple(max(3, f) for f in factor)
+        self.down = Conv(in_channels, downsampling_channels, k_in, stride=factor,
+                         padding=tuple((k - f + 1) // 2 for k, f in zip(k_in, factor)))
+        self.block = RecurrentBlock(ndim, downsampling_channels, groups, channels_per_group, dilations, dropout,
+                                    negative_slope, fused)
+        self._k_out = tuple(max(3, 2 * f) for f in factor)
+        self.up = ConvT(width, ndim + n_classes, self._k_out, stride=factor)
+        # Small initial offsets: an untrained model embeds every pixel at its own position.
+        nn.init.normal_(self.up.weight, std=1e-3)
+        nn.init.zeros_(self.up.bias)
+        self.register_buffer("spacing", torch.tensor(spacing, dtype=torch.float32), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: Union[dict, RDCNetConfig], fused: Optional[bool] = None) -> "RDCNet":
+        cfg = config.to_dict() if isinstance(config, RDCNetConfig) else dict(config)
+        return cls(**cfg, fused=fused)
+
+    @property
+    def ndim(self) -> int:
+        return self.config.ndim
+
+    def coordinates(self, spatial: Sequence[int], origin=None, device=None) -> torch.Tensor:
+        """(ndim, *spatial) physical coordinates of the pixels: (index + origin) × spacing."""
+        origin = (0,) * self.ndim if origin is None else tuple(origin)
+        if len(origin) != self.ndim:
+            raise ValueError(f"origin: expected {self.ndim} pixel offsets, got {origin}")
+        axes = [(torch.arange(n, device=device, dtype=torch.float32) + float(o)) * float(s)
+                for n, o, s in zip(spatial, origin, self.config.spacing)]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+    def _head(self, y: torch.Tensor, spatial: Sequence[int], origin) -> RDCNetOutput:
+        out = self.up(F.leaky_relu(y, self.config.negative_slope))
+        # Transposed conv without padding: the output is (L-1)·f + k; its centred L·f window is
+        # aligned with the input grid, then cropped to the unpadded input size.
+        crop = tuple(slice((k - f) // 2, (k - f) // 2 + n) for k, f, n in zip(self._k_out, self.config.factor, spatial))
+        out = out[(slice(None), slice(None)) + crop]
+        offsets, logits = out[:, : self.ndim], out[:, self.ndim:]
+        coords = self.coordinates(spatial, origin, device=out.device).to(offsets.dtype)
+        return RDCNetOutput(offsets + coords, torch.softmax(logits, dim=1), logits)
+
+    def forward(self, x: torch.Tensor, origin: Optional[Sequence[int]] = None, return_all: bool = False,
+                iterations: Optional[int] = None) -> Union[RDCNetOutput, List[RDCNetOutput]]:
+        """Args:
+            x: (B, in_channels, *S) normalised images.
+            origin: global pixel index of ``x[..., 0, 0]`` when ``x`` is a tile of a larger image,
+                so embeddings stay consistent across tiles.
+            return_all: return the outputs of every iteration (list), as in the paper's Fig. 1.
+            iterations: run fewer (or more) recurrent steps than configured.
+        """
+        if x.dim() != self.ndim + 2:
+            raise ValueError(f"x: expected (B, {self.config.in_channels}, *{self.ndim} spatial axes), "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x: expected {self.config.in_channels} channels, got {x.shape[1]}")
+        n_iter = self.config.iterations if iterations is None else int(iterations)
+        if n_iter < 1:
+            raise ValueError(f"iterations: expected at least 1, got {iterations}")
+        spatial = tuple(x.shape[2:])
+        pad = []
+        for n, f in reversed(list(zip(spatial, self.config.factor))):
+            pad += [0, (-n) % f]
+        if any(pad):
+            x = F.pad(x, pad, mode="reflect" if all(p < n for p, n in zip(pad[1::2], reversed(spatial))) else "replicate")
+        feats = self.down(x)
+        y = feats.new_zeros((feats.shape[0], self.config.groups * self.config.channels_per_group, *feats.shape[2:]))
+        outputs = []
+        for _ in range(n_iter):
+            y = y + self.block(feats, y)
+            if return_all:
+                outputs.append(self._head(y, spatial, origin))
+        return outputs if return_all else self._head(y, spatial, origin)

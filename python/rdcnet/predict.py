@@ -1,0 +1,129 @@
+"""Inference: image → normalised input → RDCNet (tiled for large images) → instance labels."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .model import RDCNet, RDCNetOutput
+from .postprocess import PostprocessConfig, labels_from_output
+
+__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE"]
+
+# Tiles bound memory on large images; the overlap covers the receptive field that matters.
+DEFAULT_TILE = {2: (1024, 1024), 3: (64, 512, 512)}
+
+
+def prepare_image(image, model: RDCNet) -> torch.Tensor:
+    """Raw image (*S) grey, (Y, X, C) / (C, Y, X) colour in 2D, or (Z, Y, X) in 3D → float32
+    (C, *S), normalised exactly as in training (:func:`rdcnet.data.normalize_image`)."""
+    from .data import normalize_image
+
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    cfg = model.config
+    if image.ndim == cfg.ndim:
+        channel_axis = None
+    elif image.ndim == cfg.ndim + 1:
+        # Channels last (as read from PNG/TIFF) unless the first axis matches and the last does not.
+        channel_axis = 0 if image.shape[0] == cfg.in_channels and image.shape[-1] != cfg.in_channels else -1
+    else:
+        raise ValueError(f"image: expected {cfg.ndim} spatial axes (plus an optional channel axis), "
+                         f"got shape {image.shape}")
+    x = normalize_image(image, channel_axis=channel_axis)
+    if x.shape[0] != cfg.in_channels:
+        raise ValueError(f"image: the model expects {cfg.in_channels} channel(s), got {x.shape[0]} "
+                         f"(shape {image.shape})")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], factor: Sequence[int]):
+    """Yield (read window in the image, kept window within the tile, kept window in the image)
+    per tile. Tiles start at multiples of the model's down-sampling factor (so a tile sees the
+    same pixel grid as the whole image), neighbours overlap by at least 2·overlap, and each
+    keeps the half of the overlap nearer to its own centre."""
+    per_axis = []
+    for n, t, o, f in zip(shape, tile, overlap, factor):
+        if t >= n:
+            per_axis.append([(slice(0, n), slice(0, n), slice(0, n))])
+            continue
+        step = max((t - 2 * o) // f * f, f)
+        last = (n - t) // f * f  # the last tile runs to the end: up to t + f - 1 long
+        starts = list(range(0, last, step)) + [last]
+        ends = [s + t for s in starts[:-1]] + [n]
+        cuts = [0] + [(ends[i] + starts[i + 1]) // 2 for i in range(len(starts) - 1)] + [n]
+        per_axis.append([(slice(s, e), slice(cuts[i] - s, cuts[i + 1] - s), slice(cuts[i], cuts[i + 1]))
+                         for i, (s, e) in enumerate(zip(starts, ends))])
+    for combo in itertools.product(*per_axis):
+        yield tuple(c[0] for c in combo), tuple(c[1] for c in combo), tuple(c[2] for c in combo)
+
+
+@torch.no_grad()
+def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence[int]] = None,
+                   overlap: Optional[Sequence[int]] = None, device=None,
+                   iterations: Optional[int] = None) -> RDCNetOutput:
+    """Model output for one normalised image ``x`` (C, *S): embeddings (ndim, *S) and
+    probabilities (n_classes, *S) on ``device``. Large images are processed in overlapping tiles
+    whose centres are stitched; embeddings stay global because each tile passes its origin."""
+    cfg = model.config
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    spatial = tuple(x.shape[1:])
+    tile = tuple(tile_shape) if tile_shape is not None else DEFAULT_TILE[cfg.ndim]
+    if overlap is None:
+        # Half the coarse receptive field of the dilated block, in pixels, capped by the tile.
+        overlap = tuple(min(t // 4, f * max(cfg.dilations) * 2) for t, f in zip(tile, cfg.factor))
+    was_training = model.training
+    model.eval()
+    try:
+        if all(n <= t for n, t in zip(spatial, tile)):
+            out = model(x[None].to(device), iterations=iterations)
+            return RDCNetOutput(out.embeddings[0], out.probabilities[0], out.logits[0])
+        emb = torch.empty((cfg.ndim, *spatial), device=device)
+        prob = torch.empty((cfg.n_classes, *spatial), device=device)
+        logits = torch.empty((cfg.n_classes, *spatial), device=device)
+        for read, inner, write in _tiles(spatial, tile, overlap, cfg.factor):
+            origin = tuple(r.start for r in read)
+            out = model(x[(slice(None),) + read][None].to(device), origin=origin, iterations=iterations)
+            emb[(slice(None),) + write] = out.embeddings[0][(slice(None),) + inner]
+            prob[(slice(None),) + write] = out.probabilities[0][(slice(None),) + inner]
+            logits[(slice(None),) + write] = out.logits[0][(slice(None),) + inner]
+        return RDCNetOutput(emb, prob, logits)
+    finally:
+        model.train(was_training)
+
+
+def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, None] = None,
+            tile_shape: Optional[Sequence[int]] = None, device=None, iterations: Optional[int] = None,
+            return_output: bool = False):
+    """Segment one raw image into int32 instance labels (NumPy, same spatial shape).
+
+    Args:
+        model: a trained :class:`rdcnet.RDCNet` (its ``config.spacing`` gives the physical units).
+        image: NumPy array or tensor; grey (*S), colour (Y, X, C) or (C, Y, X), or a 3D stack.
+        postprocess: decoding parameters (:class:`rdcnet.postprocess.PostprocessConfig`); the
+            checkpoint's, when loaded with :func:`rdcnet.train.load_checkpoint`.
+        tile_shape: process in tiles of this size (default :data:`DEFAULT_TILE`).
+        device: where the model runs (default: where its parameters are).
+        iterations: stop the recurrence after this many steps (default: the configured number).
+        return_output: also return the :class:`RDCNetOutput` (embeddings, probabilities).
+
+    Example::
+
+        >>> import numpy as np, rdcnet
+        >>> model = rdcnet.RDCNet(ndim=2, in_channels=1, factor=4, groups=2, channels_per_group=8)
+        >>> labels = rdcnet.predict(model, np.random.rand(64, 80).astype(np.float32))
+        >>> labels.shape, labels.dtype
+        ((64, 80), dtype('int32'))
+    """
+    if isinstance(postprocess, dict):
+        postprocess = PostprocessConfig(**postprocess)
+    postprocess = postprocess or PostprocessConfig()
+    x = prepare_image(image, model)
+    out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations)
+    labels = labels_from_output(out.embeddings, out.probabilities, model.config.spacing, postprocess)
+    labels = labels.cpu().numpy().astype(np.int32, copy=False)
+    return (labels, out) if return_output else labels
