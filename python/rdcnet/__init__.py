@@ -5,6 +5,7 @@ metrics (:mod:`rdcnet.metrics`), data readers and synthetic data (:mod:`rdcnet.d
 ``rdcnet`` command line. Post-processing runs on the fast ops of :mod:`rdcnet_ext`.
 """
 
+from . import data, metrics
 from .losses import RDCNetLoss, embedding_soft_jaccard_loss, soft_jaccard_loss
 from .model import RDCNet, RDCNetConfig, RDCNetOutput
 from .postprocess import PostprocessConfig, labels_from_output
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "RDCNet", "RDCNetConfig", "RDCNetOutput", "RDCNetLoss", "soft_jaccard_loss", "embedding_soft_jaccard_loss",
     "PostprocessConfig", "labels_from_output", "predict", "predict_output", "TrainConfig", "train",
-    "load_checkpoint", "__version__",
+    "load_checkpoint", "metrics", "data", "__version__",
 ]

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ._files import atomic_write
 from .losses import RDCNetLoss
 from .model import RDCNet, RDCNetConfig
 from .postprocess import PostprocessConfig, labels_from_output
@@ -83,22 +81,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: an interrupted write
-    never leaves a truncated file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path, model: RDCNet, train_config: Optional[TrainConfig] = None, **state) -> None:
     """Atomically save the model's weights with everything needed to rebuild and use it."""
     payload = {
@@ -109,7 +91,7 @@ def save_checkpoint(path, model: RDCNet, train_config: Optional[TrainConfig] = N
         "state_dict": model.state_dict(),
         **state,
     }
-    _atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path, device="cpu", fused: Optional[bool] = None):
@@ -208,10 +190,10 @@ def _write_log(out_dir: Path, history: List[dict]) -> None:
             w.writeheader()
             w.writerows(history)
 
-    _atomic_write(out_dir / "log.csv", write)
+    atomic_write(out_dir / "log.csv", write)
     from .viz import plot_training
 
-    _atomic_write(out_dir / "training.png", lambda tmp: plot_training(history, tmp))
+    atomic_write(out_dir / "training.png", lambda tmp: plot_training(history, tmp))
 
 
 def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_data: Sequence,
