@@ -1,11 +1,12 @@
-"""The ``rdcnet`` command line: demo, train, predict, evaluate.
+"""The ``rdcnet`` command line: demo, train, predict, evaluate, sweep, show.
 
 Errors the user can fix (bad paths, shapes, options) are reported as one line on stderr with
-exit status 2, not as a traceback."""
+exit status 2, not as a traceback (set RDCNET_DEBUG=1 to see the traceback)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,9 +86,22 @@ def cmd_demo(args) -> int:
 # ---- train -----------------------------------------------------------------------------------
 
 
-def cmd_train(args) -> int:
-    import torch
+def _train_from_config(args) -> int:
+    from .config import load_config
 
+    cfg = load_config(args.config)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps), ("lr", args.lr),
+                                   ("device", args.device)) if v is not None}
+    result = cfg.run_training(out_dir=args.out, resume=not args.no_resume, **overrides)
+    print(f"best validation F1@0.5 {result.best_f1:.3f}; checkpoint {result.best_checkpoint}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.config:
+        return _train_from_config(args)
+    if not (args.images and args.labels and args.out):
+        raise UsageError("give --images, --labels and --out (or --config FILE)")
     from .model import RDCNet
     from .postprocess import PostprocessConfig
     from .train import TrainConfig, train
@@ -115,9 +129,9 @@ def cmd_train(args) -> int:
     model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
                    dilations=args.dilations, iterations=args.iterations, spacing=spacing,
                    downsampling_channels=args.downsampling_channels)
-    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop, epochs=args.epochs,
-                      steps_per_epoch=args.steps, lr=args.lr, augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
-                      seed=args.seed, device=args.device,
+    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop, epochs=args.epochs or 50,
+                      steps_per_epoch=args.steps or 100, lr=args.lr or 1e-3, augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
+                      seed=args.seed, device=args.device or "auto",
                       postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
                                                     opening_radius=args.opening_radius))
     print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
@@ -169,6 +183,18 @@ def cmd_evaluate(args) -> int:
     from . import metrics
     from .data import read_labels
 
+    if args.config:
+        from .config import load_config
+
+        result = load_config(args.config).run_evaluation(checkpoint=args.checkpoint, out=args.out, split=args.split,
+                                                         device=args.device)
+        print(result.table)
+        print()
+        print(result.table1)
+        return 0
+    if not (args.truth and args.pred):
+        raise UsageError("give --truth and --pred (or --config FILE)")
+
     truth_files = _image_files(Path(args.truth), "truth")
     pred_dir = Path(args.pred)
     pairs, names = [], []
@@ -189,6 +215,43 @@ def cmd_evaluate(args) -> int:
         metrics.plot_f1_vs_iou({"mean over images": (summary.thresholds, summary.mean["f1"])},
                                out / "f1_vs_iou.png")
         print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'} and {out / 'f1_vs_iou.png'}", file=sys.stderr)
+    return 0
+
+
+# ---- sweep and show ---------------------------------------------------------------------------
+
+
+def _int_sets(text: str):
+    try:
+        return [tuple(int(v) for v in part.split(",") if v) for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sets like '1;1,2;1,2,4,8', got {text!r}") from None
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    result = run_sweep(args.config, dilation_sets=args.dilations, iteration_counts=args.iterations, out_dir=args.out,
+                       epochs=args.epochs, steps_per_epoch=args.steps, device=args.device,
+                       resume=not args.no_resume)
+    for name, path in sorted(result.files.items()):
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .data import read_image
+    from .show import show_iterations, show_votes
+    from .train import load_checkpoint
+
+    model, post, _ = load_checkpoint(args.model, device=args.device)
+    image = read_image(_image_files(Path(args.image), "image")[0])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    a = show_iterations(model, image, out / "iterations.png", post, iterations=args.iterations, z=args.z,
+                        device=args.device)
+    b = show_votes(model, image, out / "votes.png", post, iterations=args.iterations, z=args.z, device=args.device)
+    print(f"wrote {a} and {b}")
     return 0
 
 
@@ -216,20 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on image/label folders",
                        description="Train RDCNet on pairs of images and instance labels (same file names in "
                                    "the two folders; TIFF or PNG; 2D, 2D RGB or 3D).")
-    t.add_argument("--images", required=True, help="folder of training images")
-    t.add_argument("--labels", required=True, help="folder of label images (0 background, 1..K instances)")
+    t.add_argument("--config", help="experiment file (configs/*.toml): data, model and training settings; "
+                                    "--out/--epochs/--steps/--lr/--device override it")
+    t.add_argument("--images", help="folder of training images")
+    t.add_argument("--labels", help="folder of label images (0 background, 1..K instances)")
     t.add_argument("--val-images", help="folder of validation images (default: hold out --val-fraction)")
     t.add_argument("--val-labels", help="folder of validation labels")
     t.add_argument("--val-fraction", type=float, default=0.2)
-    t.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, training.png")
+    t.add_argument("--out", help="run folder: checkpoints, log.csv, training.png")
     t.add_argument("--ndim", type=int, choices=(2, 3), help="spatial dimensions (default: from the images)")
     t.add_argument("--spacing", type=_floats, help="pixel size per axis, e.g. 2,0.26,0.26 (default: 1)")
     t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: 4 in 2D, 1,4,4 in 3D)")
     t.add_argument("--crop", type=_ints, help="training crop in pixels (default: 256 in 2D, 16,128,128 in 3D)")
     t.add_argument("--margin", type=float, default=5.0, help="ESJ margin in physical units (default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--steps", type=int, default=100, help="steps per epoch (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=int, help="default: 50")
+    t.add_argument("--steps", type=int, help="steps per epoch (default: 100)")
+    t.add_argument("--lr", type=float, help="initial learning rate (default: 1e-3, cosine to 1e-5)")
     t.add_argument("--groups", type=int, default=8)
     t.add_argument("--channels", type=int, default=64, help="channels per group (default: %(default)s)")
     t.add_argument("--downsampling-channels", type=int, default=32)
@@ -240,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--opening-radius", type=float, help="label-wise opening radius at inference (physical units)")
     t.add_argument("--undefined", type=int, help="label value meaning 'undefined' (ignored in the loss)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
+    t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has last.pt")
     t.set_defaults(func=cmd_train)
 
@@ -261,11 +326,40 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Precision, recall and F1 at IoU 0.1…0.95, SBD and AJI per image and averaged; "
                                    "prints a Markdown table and with --out writes metrics.md, metrics.csv and "
                                    "the F1-vs-IoU curve as PNG.")
-    e.add_argument("--truth", required=True, help="ground-truth label file or folder")
-    e.add_argument("--pred", required=True, help="predicted label file or folder (same file names)")
+    e.add_argument("--config", help="experiment file: segment its test split with the run's best.pt and "
+                                    "write metrics.md/csv, table1.md and f1_vs_iou.png")
+    e.add_argument("--checkpoint", help="with --config: model to evaluate (default: <run>/best.pt)")
+    e.add_argument("--split", help="with --config: split to evaluate (default: test)")
+    e.add_argument("--device", help="with --config: cpu or cuda")
+    e.add_argument("--truth", help="ground-truth label file or folder")
+    e.add_argument("--pred", help="predicted label file or folder (same file names)")
     e.add_argument("--out", help="folder for metrics.md, metrics.csv, f1_vs_iou.png")
     e.add_argument("--undefined", type=int, help="truth label value meaning 'undefined' (ignored)")
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("sweep", help="hyperparameter analysis: F1 vs IoU over dilations and iterations (Fig. 4)",
+                       description="Train and evaluate one model per setting of an experiment file; writes "
+                                   "sweep.csv, sweep.md and the two Fig. 4 panels as PNG. Interrupted sweeps resume.")
+    w.add_argument("--config", required=True, help="experiment file (configs/*.toml)")
+    w.add_argument("--dilations", type=_int_sets, help="dilation sets, e.g. '1;1,2;1,2,4;1,2,4,8'")
+    w.add_argument("--iterations", type=_ints, help="iteration counts, e.g. 1,2,3,5,10")
+    w.add_argument("--out", help="sweep folder (default: from the file)")
+    w.add_argument("--epochs", type=int)
+    w.add_argument("--steps", type=int, help="steps per epoch")
+    w.add_argument("--device")
+    w.add_argument("--no-resume", action="store_true")
+    w.set_defaults(func=cmd_sweep)
+
+    v = sub.add_parser("show", help="figures of one image: per-iteration outputs (Fig. 1) and votes (suppl. Fig. 2)",
+                       description="Writes iterations.png (foreground probability and pseudo-coloured embeddings "
+                                   "per iteration) and votes.png (Hough votes with the detected centres).")
+    v.add_argument("image", help="image file")
+    v.add_argument("--model", required=True, help="checkpoint")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--iterations", type=int, help="iterations to run (default: the model's)")
+    v.add_argument("--z", type=int, help="3D: slice to show (default: the middle)")
+    v.add_argument("--device", default="cpu")
+    v.set_defaults(func=cmd_show)
     return p
 
 
@@ -277,6 +371,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
+        if os.environ.get("RDCNET_DEBUG"):
+            raise
         print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"rdcnet {args.command}: interrupted (finished epochs are saved in the run folder)", file=sys.stderr)

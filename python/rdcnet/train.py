@@ -35,7 +35,8 @@ class TrainConfig:
     crop: training crop per spatial axis, in pixels.
     epochs, steps_per_epoch, batch_size: the schedule (paper: batch size 2).
     lr, lr_min: Adam's learning rate, annealed with a cosine from ``lr`` to ``lr_min``.
-    augment: "grey", "rgb" (supplement Table 1 presets) or "none".
+    augment: "grey", "rgb" (supplement Table 1 presets), "none", or a dict
+        ``{"preset": name, **rdcnet.data.AugmentConfig overrides}``.
     seed: seeds crops, augmentation, dropout and initialisation.
     device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
     postprocess: decoding used for validation and saved for inference.
@@ -49,7 +50,7 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 1e-3
     lr_min: float = 1e-5
-    augment: str = "grey"
+    augment: Union[str, dict] = "grey"
     seed: int = 0
     device: str = "auto"
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -111,21 +112,30 @@ def load_checkpoint(path, device="cpu", fused: Optional[bool] = None):
     return model, PostprocessConfig(**ckpt.get("postprocess", {})), ckpt
 
 
+def make_augmenter(augment: Union[str, dict], ndim: int):
+    """The augmenter of ``TrainConfig.augment``: a preset name ("grey", "rgb", "none") or a dict
+    ``{"preset": name, **AugmentConfig overrides}`` (e.g. supplement Table 1 per data set)."""
+    from .data import Augmenter
+
+    overrides = {}
+    if isinstance(augment, dict):
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items() if k != "preset"}
+        augment = augment.get("preset", "grey")
+    if augment == "grey":
+        return Augmenter.for_grey(ndim, **overrides)
+    if augment == "rgb":
+        return Augmenter.for_rgb(**overrides)
+    if augment == "none":
+        return Augmenter(dict(ndim=ndim, flip_p=0.0, rotate90=False, **overrides)) if overrides else None
+    raise ValueError(f"augment: expected 'grey', 'rgb', 'none' or a dict with a 'preset', got {augment!r}")
+
+
 class _Sampler:
     """Random crops of random training images, augmented, as (B, C, *S) / (B, *S) tensors."""
 
-    def __init__(self, images, labels, crop, augment: str, ndim: int, rng: np.random.Generator):
-        from .data import Augmenter
-
+    def __init__(self, images, labels, crop, augment, ndim: int, rng: np.random.Generator):
         self.images, self.labels, self.crop, self.rng = images, labels, tuple(crop), rng
-        if augment == "none":
-            self.augmenter = None
-        elif augment == "grey":
-            self.augmenter = Augmenter.for_grey(ndim)
-        elif augment == "rgb":
-            self.augmenter = Augmenter.for_rgb()
-        else:
-            raise ValueError(f"augment: expected 'grey', 'rgb' or 'none', got {augment!r}")
+        self.augmenter = make_augmenter(augment, ndim)
 
     def batch(self, size: int):
         from .data import random_crop
