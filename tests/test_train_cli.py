@@ -54,6 +54,42 @@ def test_short_training_lowers_the_loss_and_raises_f1(tmp_path, nuclei):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     assert {"train_loss", "val_loss", "val_f1", "lr"} <= set(rows[0])
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
+    # The decoding was tuned on the validation images and stored with the best model.
+    tuning = torch.load(result.best_checkpoint, weights_only=False)["postprocess_tuning"]
+    assert tuning["f1"] >= tuning["f1_before"]
+
+
+def test_tune_postprocess_recovers_from_a_bad_window(nuclei):
+    from rdcnet.data import normalize_image
+    from rdcnet.train import tune_postprocess
+    from rdcnet_ext.testing import synthetic_labels
+
+    # A "model" whose output is perfect: decode tuning alone decides the F1.
+    class Perfect(torch.nn.Module):
+        def __init__(self, labels):
+            super().__init__()
+            self.config = RDCNet(**SMALL).config
+            self.labels = labels
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, origin=None, iterations=None):
+            from rdcnet.model import RDCNetOutput
+
+            lab = self.labels
+            emb = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in lab.shape],
+                                             indexing="ij"))
+            for k in lab.unique()[1:]:
+                m = lab == k
+                emb[:, m] = emb[:, m].mean(1, keepdim=True).round()
+            fg = (lab > 0).float()
+            p = torch.stack([1 - fg, fg])[None]
+            return RDCNetOutput(emb[None], p, p.log())
+
+    labels = synthetic_labels((64, 64), 25, seed=1)
+    model = Perfect(torch.from_numpy(labels).long())
+    bad = PostprocessConfig(margin=12.0, min_votes=1, smooth_radius=0)  # window far too large
+    best, f1, before = tune_postprocess(model, [np.zeros((1, 64, 64), np.float32)], [labels], bad)
+    assert before < 0.9 and f1 == 1.0 and best.min_distance < 12.0
 
 
 def test_checkpoint_has_full_configuration_and_reloads(tmp_path, nuclei):

@@ -15,7 +15,7 @@ import numpy as np
 # The demo's settings: a small model (the paper's is 8 groups × 64 channels) that trains on two
 # CPU cores in a few minutes, on 128 × 128 images of nuclei of radius ~5–11 px.
 DEMO_SHAPE = (128, 128)
-DEMO_IMAGES = {"train": 32, "val": 4, "test": 8}
+DEMO_IMAGES = {"train": 48, "val": 4, "test": 8}
 DEMO_MODEL = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=16, groups=4, channels_per_group=16,
                   dilations=(1, 2, 4, 8), iterations=4, dropout=0.1)
 DEMO_MARGIN = 4.0
