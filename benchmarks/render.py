@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Render a pytest-benchmark JSON of benchmarks/test_postprocess.py as Markdown tables.
+"""Render a pytest-benchmark JSON of benchmarks/test_postprocess.py and test_ssdc.py as Markdown.
 
 Usage::
 
@@ -9,7 +9,9 @@ Replaces the part of the README between ``<!-- results:begin -->`` and ``<!-- re
 (appends both markers and the section when they are missing) with: the machine, date, versions
 and command of the run; the project's targets marked met / not met; and one table per case with
 each implementation's median time and its ratio to rdcnet_ext on the same device. Only the
-standard library is needed. ``-`` as the README path prints the section instead.
+standard library is needed. ``-`` as the README path prints the section instead. sSDC results
+(benchmarks/test_ssdc.py) go between ``<!-- ssdc:begin -->`` and ``<!-- ssdc:end -->`` instead:
+per case and device, fused vs unfused median time and peak memory, against the issue-4 targets.
 """
 
 from __future__ import annotations
@@ -243,9 +245,68 @@ def render(data: dict) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def update_readme(text: str, section: str) -> str:
-    block = f"{BEGIN}\n{section}{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+SSDC_BEGIN, SSDC_END = "<!-- ssdc:begin -->", "<!-- ssdc:end -->"
+# Issue-4 targets: CUDA fused forward >= 2x faster than unfused, training peak memory <= 1/3;
+# CPU fused not slower than unfused.
+SSDC_CUDA_FWD_SPEEDUP, SSDC_CUDA_MEMORY, SSDC_CPU_SPEEDUP = 2.0, 1 / 3, 1.0
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "–"
+    if n < 0:
+        return "hidden"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def render_ssdc(data: dict) -> str:
+    """Markdown for the sSDC benchmarks, or "" when the JSON has none."""
+    rows: dict[tuple, dict[str, dict]] = {}
+    for b in data.get("benchmarks", []):
+        e = b.get("extra_info") or {}
+        if e.get("suite") != "ssdc":
+            continue
+        rows.setdefault((e["device"], e["ssdc_case"], e["passes"]), {})[e["impl"]] = b
+    if not rows:
+        return ""
+    out = ["## sSDC: fused vs unfused", ""] + machine_lines(data) + [""]
+    out += [
+        "Median times; speed-up = unfused / fused; memory: peak above the inputs (CUDA: "
+        "`max_memory_allocated`; CPU: peak-RSS growth of a fresh process running one call; "
+        "\"hidden\" = below the process's earlier peak). GFLOP/s counts the useful FLOPs "
+        "(backward = 2x forward).",
+        "",
+        "| device | case | pass | fused | unfused | speed-up | fused GFLOP/s | fused memory | unfused memory | memory ratio | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (device, case, passes), impls in sorted(rows.items(), key=lambda kv: (DEVICE_ORDER.get(kv[0][0], 9), kv[0][1], kv[0][2])):
+        f, u = impls.get("fused"), impls.get("unfused")
+        tf, tu = (median(f) if f else None), (median(u) if u else None)
+        speed = tu / tf if tf and tu else None
+        mf = f["extra_info"].get("peak_bytes") if f else None
+        mu = u["extra_info"].get("peak_bytes") if u else None
+        mem_ratio = mf / mu if mf is not None and mu and mf >= 0 and mu > 0 else None
+        gflops = f["extra_info"]["flops"] / tf / 1e9 if f and tf else None
+        if device == "cuda" and passes == "fwd":
+            target = f"≥ {SSDC_CUDA_FWD_SPEEDUP:g}× faster: " + ("met" if speed and speed >= SSDC_CUDA_FWD_SPEEDUP else "not met")
+        elif device == "cuda":
+            target = f"memory ≤ 1/3: " + ("met" if mem_ratio is not None and mem_ratio <= SSDC_CUDA_MEMORY else "not met")
+        else:
+            target = "not slower: " + ("met" if speed and speed >= SSDC_CPU_SPEEDUP else "not met")
+        out.append(
+            f"| {device} | {case} | {passes} | {fmt_time(tf) if tf else '–'} | {fmt_time(tu) if tu else '–'} | "
+            f"{fmt_ratio(speed)} | {f'{gflops:.3g}' if gflops else '–'} | {fmt_bytes(mf)} | {fmt_bytes(mu)} | "
+            f"{f'{mem_ratio:.2f}' if mem_ratio is not None else '–'} | {target} |"
+        )
+    return "\n".join(out).rstrip() + "\n"
+
+
+def update_readme(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    block = f"{begin}\n{section}{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):
         return pattern.sub(lambda _: block, text, count=1)
     return text.rstrip("\n") + "\n\n" + block + "\n"
@@ -257,13 +318,19 @@ def main(argv=None) -> int:
     parser.add_argument("readme", help="Markdown file to update between the markers ('-': print)")
     args = parser.parse_args(argv)
     data = json.loads(args.results.read_text())
-    section = render(data)
+    has_postprocess = any("op" in (b.get("extra_info") or {}) for b in data.get("benchmarks", []))
+    section = render(data) if has_postprocess else ""
+    ssdc = render_ssdc(data)
     if args.readme == "-":
-        sys.stdout.write(section)
+        sys.stdout.write(section + ("\n" if section and ssdc else "") + ssdc)
         return 0
     path = Path(args.readme)
     text = path.read_text() if path.exists() else ""
-    path.write_text(update_readme(text, section))
+    if section:
+        text = update_readme(text, section)
+    if ssdc:
+        text = update_readme(text, ssdc, SSDC_BEGIN, SSDC_END)
+    path.write_text(text)
     print(f"wrote results of {len(data.get('benchmarks', []))} benchmarks to {path}")
     return 0
 

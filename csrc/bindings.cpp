@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "postprocess/entry.h"
+#include "ssdc/entry.h"
 
 namespace py = pybind11;
 using rdc::AssignArgs;
@@ -39,6 +40,25 @@ struct AssignCall {
                       ptr<const int32_t>(cell_items), this->cells.data(), this->cell.data(), tol};
   }
 };
+
+// sSDC geometry from Python lists (validated in rdcnet_ext/ops.py; re-checked here).
+rdc::SsdcArgs ssdc_args(int64_t batch, int64_t groups, int64_t channels, const std::vector<int64_t>& shape,
+                        const std::vector<int64_t>& dilations, double slope) {
+  check_ndim(shape, "ssdc");
+  if (dilations.empty() || dilations.size() > size_t(rdc::kSsdcMaxDilations))
+    throw std::invalid_argument("ssdc: expected 1 to 16 dilations");
+  rdc::SsdcArgs a{};
+  a.ndim = int(shape.size());
+  a.batch = batch, a.groups = groups, a.channels = channels;
+  for (size_t i = 0; i < shape.size(); ++i) a.size[i] = shape[i];
+  a.ndil = int(dilations.size());
+  for (size_t i = 0; i < dilations.size(); ++i) {
+    if (dilations[i] < 1) throw std::invalid_argument("ssdc: dilations must be >= 1");
+    a.dilation[i] = dilations[i];
+  }
+  a.slope = slope;
+  return a;
+}
 
 }  // namespace
 
@@ -102,8 +122,42 @@ PYBIND11_MODULE(_C, m) {
                            ptr<const int64_t>(image_deltas), ptr<const int64_t>(padded_deltas), count, halo.data(),
                            ptr<const void>(labels), is_int64, ptr<void>(eroded), ptr<void>(out), threads);
   }, release);
+  m.def("ssdc_cpu_isa", [] { return std::string(rdc::ssdc_cpu_isa()); },
+        "Vector instruction set the CPU sSDC kernels use on this machine.");
+  m.def("ssdc_forward_cpu", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                               std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
+                               uintptr_t b, uintptr_t rw, uintptr_t rb, uintptr_t y, int threads) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
+    rdc::ssdc_forward_cpu(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b), ptr<const void>(rw),
+                          ptr<const void>(rb), ptr<void>(y), threads);
+  }, release);
+  m.def("ssdc_backward_cpu", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                                std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
+                                uintptr_t b, uintptr_t rw, uintptr_t gy, uintptr_t gx, uintptr_t gw, uintptr_t gb,
+                                uintptr_t grw, uintptr_t grb, int threads) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
+    rdc::ssdc_backward_cpu(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b), ptr<const void>(rw),
+                           ptr<const void>(gy), ptr<void>(gx), ptr<void>(gw), ptr<void>(gb), ptr<void>(grw),
+                           ptr<void>(grb), threads);
+  }, release);
 
 #ifdef RDC_WITH_CUDA
+  m.def("ssdc_forward_cuda", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                                std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
+                                uintptr_t b, uintptr_t rw, uintptr_t rb, uintptr_t y, int device, uintptr_t stream) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
+    rdc::ssdc_forward_cuda(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b), ptr<const void>(rw),
+                           ptr<const void>(rb), ptr<void>(y), device, ptr<void>(stream));
+  }, release);
+  m.def("ssdc_backward_cuda", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                                 std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
+                                 uintptr_t b, uintptr_t rw, uintptr_t gy, uintptr_t gx, uintptr_t gw, uintptr_t gb,
+                                 uintptr_t grw, uintptr_t grb, int device, uintptr_t stream) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
+    rdc::ssdc_backward_cuda(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b), ptr<const void>(rw),
+                            ptr<const void>(gy), ptr<void>(gx), ptr<void>(gw), ptr<void>(gb), ptr<void>(grw),
+                            ptr<void>(grb), device, ptr<void>(stream));
+  }, release);
   m.def("hough_votes_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t emb,
                                uintptr_t mask, uintptr_t votes, int device, uintptr_t stream) {
     check_ndim(shape, "hough_votes");

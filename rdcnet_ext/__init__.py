@@ -1,7 +1,8 @@
 """rdcnet_ext: fast C++/CUDA ops for RDCNet, usable from PyTorch and NumPy.
 
 - :mod:`rdcnet_ext.ops`: the fast ops (Hough voting, peak detection, nearest-centre assignment,
-  label-wise opening, and all four in one call).
+  label-wise opening, and all four in one call; the fused shared stacked dilated convolution
+  ``ssdc``, differentiable).
 - :mod:`rdcnet_ext.reference`: their pure-PyTorch references, the executable specification.
 """
 

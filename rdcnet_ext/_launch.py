@@ -227,3 +227,63 @@ def embeddings_to_labels(
     if opening_radius:
         labels = label_opening(labels, opening_radius, spacing)
     return labels
+
+
+# ---- sSDC ------------------------------------------------------------------------------------------
+
+_SSDC_DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def _ssdc_geometry(x: torch.Tensor, weight: torch.Tensor, dilations: Sequence[int], groups: int, slope: float):
+    channels = weight.shape[1]
+    return (x.shape[0], groups, channels, list(x.shape[2:]), [int(d) for d in dilations], float(slope),
+            _SSDC_DTYPES[x.dtype])
+
+
+def ssdc_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    reduce_weight: torch.Tensor,
+    reduce_bias: torch.Tensor,
+    dilations: Sequence[int],
+    groups: int,
+    negative_slope: float,
+) -> torch.Tensor:
+    """Fused sSDC forward; inputs contiguous, same dtype and device (``rdcnet_ext.ops.ssdc`` checks)."""
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    args = (*_ssdc_geometry(x, weight, dilations, groups, negative_slope),
+            _ptr(x), _ptr(weight), _ptr(bias), _ptr(reduce_weight), _ptr(reduce_bias), _ptr(y))
+    if x.device.type == "cuda":
+        _C.ssdc_forward_cuda(*args, *_cuda(x))
+    else:
+        _C.ssdc_forward_cpu(*args, _threads())
+    return y
+
+
+def ssdc_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    reduce_weight: torch.Tensor,
+    dilations: Sequence[int],
+    groups: int,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the fused sSDC w.r.t. (x, weight, bias, reduce_weight, reduce_bias).
+
+    The CPU kernel writes them in the inputs' dtype. The CUDA kernel accumulates with atomics into
+    zeroed buffers of the accumulation type (float32; float64 for float64), cast here.
+    """
+    grad = grad.contiguous()
+    geometry = _ssdc_geometry(x, weight, dilations, groups, negative_slope)
+    ins = (_ptr(x), _ptr(weight), _ptr(bias), _ptr(reduce_weight), _ptr(grad))
+    if x.device.type == "cuda":
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        outs = [torch.zeros(t.shape, dtype=acc, device=x.device) for t in (x, weight, bias, reduce_weight, bias)]
+        _C.ssdc_backward_cuda(*geometry, *ins, *(_ptr(t) for t in outs), *_cuda(x))
+        return tuple(t.to(x.dtype) for t in outs)  # type: ignore[return-value]
+    outs = [torch.empty(t.shape, dtype=x.dtype) for t in (x, weight, bias, reduce_weight, bias)]
+    _C.ssdc_backward_cpu(*geometry, *ins, *(_ptr(t) for t in outs), _threads())
+    return tuple(outs)  # type: ignore[return-value]

@@ -96,3 +96,67 @@ def embeddings_to_labels(
 @embeddings_to_labels.register_fake
 def _(embeddings, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius):
     return mask.new_empty(mask.shape, dtype=torch.int32)
+
+
+# ---- sSDC: differentiable; backward is its own custom op so that torch.compile traces both. -------
+
+
+@torch.library.custom_op(f"{_NS}::ssdc", mutates_args=())
+def ssdc(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    reduce_weight: torch.Tensor,
+    reduce_bias: torch.Tensor,
+    dilations: list[int],
+    groups: int,
+    negative_slope: float,
+) -> torch.Tensor:
+    return _launch.ssdc_forward(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope)
+
+
+@ssdc.register_fake
+def _(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op(f"{_NS}::ssdc_backward", mutates_args=())
+def ssdc_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    reduce_weight: torch.Tensor,
+    dilations: list[int],
+    groups: int,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch.ssdc_backward(grad, x, weight, bias, reduce_weight, dilations, groups, negative_slope)
+
+
+@ssdc_backward.register_fake
+def _(grad, x, weight, bias, reduce_weight, dilations, groups, negative_slope):
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(weight),
+        torch.empty_like(bias),
+        torch.empty_like(reduce_weight),
+        torch.empty_like(bias),
+    )
+
+
+def _ssdc_setup_context(ctx, inputs, output):
+    x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope = inputs
+    ctx.save_for_backward(x, weight, bias, reduce_weight)
+    ctx.dilations, ctx.groups, ctx.negative_slope = dilations, groups, negative_slope
+
+
+def _ssdc_backward(ctx, grad):
+    x, weight, bias, reduce_weight = ctx.saved_tensors
+    gx, gw, gb, grw, grb = ssdc_backward(
+        grad.contiguous(), x, weight, bias, reduce_weight, ctx.dilations, ctx.groups, ctx.negative_slope
+    )
+    return gx, gw, gb, grw, grb, None, None, None
+
+
+ssdc.register_autograd(_ssdc_backward, setup_context=_ssdc_setup_context)

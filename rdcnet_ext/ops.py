@@ -1,4 +1,5 @@
-"""Fast post-processing ops for RDCNet outputs, on torch tensors (CPU or CUDA) or NumPy arrays.
+"""Fast ops for RDCNet: post-processing of its outputs, on torch tensors (CPU or CUDA) or NumPy
+arrays, and the fused shared stacked dilated convolution :func:`ssdc` (torch tensors, differentiable).
 
 Every op validates its arguments (bad input raises ``TypeError``/``ValueError`` naming the
 argument, what was expected and what was given), runs the native kernel on the input's device
@@ -40,6 +41,7 @@ __all__ = [
     "assign_to_centres",
     "label_opening",
     "embeddings_to_labels",
+    "ssdc",
     "CudaNotBuiltError",
 ]
 
@@ -294,3 +296,116 @@ def embeddings_to_labels(
     )
     return _out(labels, was_numpy)
 
+
+
+# ---- sSDC ------------------------------------------------------------------------------------------
+
+_SSDC_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+_SSDC_MAX_DILATIONS = 16
+
+
+def _check_dilations(dilations) -> list[int]:
+    if isinstance(dilations, numbers.Integral) and not isinstance(dilations, bool):
+        dilations = [dilations]
+    elif isinstance(dilations, (torch.Tensor, np.ndarray)):
+        dilations = dilations.tolist()
+    if isinstance(dilations, (str, bytes)) or not hasattr(dilations, "__iter__"):
+        raise TypeError(f"dilations: expected a positive integer or a sequence of them, got {_describe(dilations)}")
+    values = list(dilations)
+    if not values:
+        raise ValueError("dilations: expected at least one dilation, got an empty sequence")
+    if len(values) > _SSDC_MAX_DILATIONS:
+        raise ValueError(f"dilations: expected at most {_SSDC_MAX_DILATIONS} dilations, got {len(values)}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
+            raise TypeError(f"dilations: expected integers, got {values!r}")
+        if v < 1:
+            raise ValueError(f"dilations: expected integers >= 1, got {values!r}")
+    return [v if isinstance(v, torch.SymInt) else int(v) for v in values]
+
+
+def _check_ssdc_tensor(t, name: str, shape: tuple, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(t)}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {_describe(t)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {_describe(t)}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on the same device as x ({x.device}), got {t.device}")
+    return t.contiguous()
+
+
+def ssdc(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    reduce_weight: torch.Tensor,
+    reduce_bias: Optional[torch.Tensor],
+    dilations: Union[int, Sequence[int]],
+    groups: int,
+    negative_slope: float = 0.3,
+) -> torch.Tensor:
+    """Fused shared stacked dilated convolution (RDCNet's sSDC), differentiable in every tensor.
+
+    For each of the ``groups`` groups of ``C`` channels::
+
+        y = reduce_bias + sum_d P_d @ LeakyReLU(conv3x3(x; weight, bias, dilation=d, padding=d))
+
+    with one 3x3 (3D: 3x3x3) kernel shared by all dilations and ``P_d`` the slice of the grouped
+    1x1 reduction acting on dilation ``d``'s outputs. Layouts are those of torch's grouped convs:
+    ``x (B, G*C, *S)`` with 2 or 3 spatial axes, ``weight (G*C, C, 3, 3[, 3])``, ``bias (G*C)``,
+    ``reduce_weight (G*C, D*C, 1, 1[, 1])`` whose input channels per group are ordered
+    dilation-major, ``reduce_bias (G*C)`` (``None`` biases are zero). The output has ``x``'s shape.
+    Equals :func:`rdcnet_ext.reference.ssdc` (the unfused chain) to rounding, but never stores the
+    ``D`` per-dilation activations, in forward or backward (they are recomputed).
+
+    dtypes: float32 or float64 on CPU; float32, float64, float16, bfloat16 on CUDA (float32
+    accumulation). Registered as ``torch.ops.rdcnet_ext.ssdc`` with autograd and a fake kernel, so
+    it trains and compiles (``torch.compile(fullgraph=True)``).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {_describe(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got {_describe(x)}")
+    if x.dim() not in (4, 5):
+        raise ValueError(f"x: expected shape (B, G*C, H, W) or (B, G*C, D, H, W), got {_describe(x)}")
+    ndim = x.dim() - 2
+    if isinstance(groups, bool) or not isinstance(groups, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"groups: expected an integer, got {_describe(groups)}")
+    if groups < 1:
+        raise ValueError(f"groups: expected an integer >= 1, got {groups}")
+    if x.shape[1] == 0 or x.shape[1] % groups != 0:
+        raise ValueError(f"x: expected a positive number of channels divisible by groups ({groups}), got {_describe(x)}")
+    if any(n >= 2**31 for n in x.shape[2:]):
+        raise ValueError(f"x: every spatial axis must be shorter than 2**31, got {_describe(x)}")
+    channels = x.shape[1] // groups
+    dilations = _check_dilations(dilations)
+    negative_slope = _check_slope(negative_slope)
+    if x.device.type not in _SSDC_DTYPES:
+        raise ValueError(f"x: expected a CPU or CUDA tensor, got a tensor on {x.device}")
+    if x.dtype not in _SSDC_DTYPES[x.device.type]:
+        allowed = ", ".join(str(d) for d in _SSDC_DTYPES[x.device.type])
+        raise TypeError(f"x: expected one of {allowed} on {x.device.type}, got {_describe(x)}")
+    gc = x.shape[1]
+    weight = _check_ssdc_tensor(weight, "weight", (gc, channels) + (3,) * ndim, x)
+    reduce_weight = _check_ssdc_tensor(
+        reduce_weight, "reduce_weight", (gc, len(dilations) * channels) + (1,) * ndim, x
+    )
+    bias = x.new_zeros(gc) if bias is None else _check_ssdc_tensor(bias, "bias", (gc,), x)
+    reduce_bias = x.new_zeros(gc) if reduce_bias is None else _check_ssdc_tensor(reduce_bias, "reduce_bias", (gc,), x)
+    return _library.ssdc(
+        x.contiguous(), weight, bias, reduce_weight, reduce_bias, dilations, int(groups), negative_slope
+    )
+
+
+def _check_slope(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
+        raise TypeError(f"negative_slope: expected a number, got {_describe(value)}")
+    v = value if isinstance(value, torch.SymFloat) else float(value)
+    if _is_bad_float(v):
+        raise ValueError(f"negative_slope: expected a finite number, got {value!r}")
+    return v

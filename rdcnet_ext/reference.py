@@ -25,6 +25,7 @@ __all__ = [
     "assign_to_centres",
     "label_opening",
     "embeddings_to_labels",
+    "ssdc",
 ]
 
 
@@ -226,3 +227,35 @@ def embeddings_to_labels(
     if opening_radius:
         labels = label_opening(labels, opening_radius, spacing)
     return labels
+
+
+def ssdc(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    reduce_weight: torch.Tensor,
+    reduce_bias: Optional[torch.Tensor],
+    dilations: Sequence[int],
+    groups: int,
+    negative_slope: float = 0.3,
+) -> torch.Tensor:
+    """Shared stacked dilated convolution, the unfused chain (DESIGN.md, "ssdc").
+
+    For each dilation ``d``: the grouped 3x3(x3) conv with ``weight``/``bias``, dilation and padding
+    ``d``, then LeakyReLU; the ``D`` results are concatenated per group, dilation-major (group g's
+    input to the reduction is [its C channels at d_0, its C channels at d_1, ...]); then the grouped
+    1x1 conv ``reduce_weight``/``reduce_bias``. Differentiable with torch's autograd.
+    """
+    import torch.nn.functional as F
+
+    ndim = x.dim() - 2
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    batch, spatial = x.shape[0], x.shape[2:]
+    channels = x.shape[1] // groups
+    acts = [
+        F.leaky_relu(conv(x, weight, bias, padding=int(d), dilation=int(d), groups=groups), negative_slope)
+        for d in dilations
+    ]
+    stacked = torch.stack([a.reshape(batch, groups, channels, *spatial) for a in acts], dim=2)
+    stacked = stacked.reshape(batch, groups * len(acts) * channels, *spatial)
+    return conv(stacked, reduce_weight, reduce_bias, groups=groups)

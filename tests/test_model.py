@@ -124,3 +124,43 @@ def test_bad_input_raises():
         model(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="origin"):
         model(torch.randn(1, 1, 16, 16), origin=(1, 2, 3))
+
+
+# ---- fused sSDC in the model (issue 4) -----------------------------------------------------------
+
+fused_available = pytest.mark.skipif(not hasattr(__import__("rdcnet_ext").ops, "ssdc"),
+                                     reason="this rdcnet_ext has no fused sSDC")
+
+
+@fused_available
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_fused_and_unfused_models_give_the_same_outputs_and_gradients(ndim):
+    torch.manual_seed(5)
+    factor = 2 if ndim == 2 else (1, 2, 2)
+    unfused = small(ndim, factor=factor, dropout=0.0, dilations=(1, 2, 3), fused=False)
+    fused = RDCNet.from_config(unfused.config.to_dict(), fused=True)
+    fused.load_state_dict(unfused.state_dict())  # one checkpoint serves both paths
+    x = torch.randn(2, 1, *((13, 18) if ndim == 2 else (3, 10, 12)))
+    outs = []
+    for model in (unfused, fused):
+        model.zero_grad()
+        out = model(x, origin=(1,) * ndim)
+        (out.embeddings.square().mean() + out.probabilities[:, 1].mean()).backward()
+        outs.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = outs
+    torch.testing.assert_close(b.embeddings, a.embeddings, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.probabilities, a.probabilities, rtol=1e-5, atol=1e-6)
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@fused_available
+def test_fused_default_on_cpu_depends_on_the_width():
+    from rdcnet.model import CPU_FUSED_MIN_CHANNELS
+
+    x = torch.zeros(1, 1)
+    narrow = small(2, fused=None).block.ssdc
+    wide = small(2, fused=None, channels_per_group=CPU_FUSED_MIN_CHANNELS).block.ssdc
+    assert not narrow.use_fused(x) and wide.use_fused(x)
+    assert not small(2, fused=False, channels_per_group=64).block.ssdc.use_fused(x)
+    assert small(2, fused=True).block.ssdc.use_fused(x)

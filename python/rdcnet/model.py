@@ -56,6 +56,12 @@ def ssdc_unfused(x, weight, bias, reduce_weight, reduce_bias, dilations, groups,
     return conv(stacked, reduce_weight, reduce_bias, groups=groups)
 
 
+# On CPU the fused kernel pays off only at the paper's width (measured, benchmarks/NOTES.md: 8 × 64
+# channels 1.1–1.7× faster than the unfused chain; 4–8 groups × 16–32 channels 2–2.4× slower in
+# training), so ``fused=None`` picks it on CPU from this many channels per group.
+CPU_FUSED_MIN_CHANNELS = 64
+
+
 def _fused_ssdc_available(device: torch.device) -> bool:
     try:
         from rdcnet_ext import ops
@@ -76,12 +82,14 @@ class SSDC(nn.Module):
 
     The parameters have the layouts of ``rdcnet_ext.ops.ssdc``, so one checkpoint serves the
     fused and the unfused path. ``fused=None`` picks the fused op where the extension provides
-    it for the input's device."""
+    it for the input's device: always on CUDA, on CPU from :data:`CPU_FUSED_MIN_CHANNELS`
+    channels per group (below that the unfused oneDNN convolutions are faster)."""
 
     def __init__(self, ndim: int, groups: int, channels_per_group: int, dilations: Sequence[int],
                  negative_slope: float = 0.3, fused: Optional[bool] = None):
         super().__init__()
         self.ndim, self.groups, self.dilations = ndim, groups, tuple(int(d) for d in dilations)
+        self.channels_per_group = channels_per_group
         self.negative_slope, self.fused = negative_slope, fused
         C, G, D = channels_per_group, groups, len(self.dilations)
         k = (3,) * ndim
@@ -101,6 +109,8 @@ class SSDC(nn.Module):
         available = _fused_ssdc_available(x.device)
         if self.fused and not available:
             raise RuntimeError(f"SSDC(fused=True): rdcnet_ext provides no fused sSDC for {x.device} inputs")
+        if self.fused is None and x.device.type == "cpu":
+            return available and self.channels_per_group >= CPU_FUSED_MIN_CHANNELS
         return available
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
