@@ -296,7 +296,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
         bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not progress, unit="step")
+                   disable=not progress, unit="step", mininterval=1.0)
         for _ in bar:
             x, y = sampler.batch(config.batch_size)
             loss, parts = loss_fn(model(x.to(device)), y.to(device))
@@ -307,7 +307,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             sums["loss"] += float(loss.detach())
             sums["class"] += parts["class"]
             sums["embedding"] += parts["embedding"]
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
         n = max(config.steps_per_epoch, 1)
         row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,
                "train_embedding_loss": sums["embedding"] / n}
