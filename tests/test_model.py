@@ -155,12 +155,9 @@ def test_fused_and_unfused_models_give_the_same_outputs_and_gradients(ndim):
 
 
 @fused_available
-def test_fused_default_on_cpu_depends_on_the_width():
-    from rdcnet.model import CPU_FUSED_MIN_CHANNELS
-
+def test_fused_default_is_off_on_cpu_and_can_be_forced():
     x = torch.zeros(1, 1)
-    narrow = small(2, fused=None).block.ssdc
-    wide = small(2, fused=None, channels_per_group=CPU_FUSED_MIN_CHANNELS).block.ssdc
-    assert not narrow.use_fused(x) and wide.use_fused(x)
-    assert not small(2, fused=False, channels_per_group=64).block.ssdc.use_fused(x)
+    assert not small(2, fused=None).block.ssdc.use_fused(x)
+    assert not small(2, fused=None, channels_per_group=64).block.ssdc.use_fused(x)
+    assert not small(2, fused=False).block.ssdc.use_fused(x)
     assert small(2, fused=True).block.ssdc.use_fused(x)

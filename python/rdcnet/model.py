@@ -56,10 +56,11 @@ def ssdc_unfused(x, weight, bias, reduce_weight, reduce_bias, dilations, groups,
     return conv(stacked, reduce_weight, reduce_bias, groups=groups)
 
 
-# On CPU the fused kernel pays off only at the paper's width (measured, benchmarks/NOTES.md: 8 × 64
-# channels 1.1–1.7× faster than the unfused chain; 4–8 groups × 16–32 channels 2–2.4× slower in
-# training), so ``fused=None`` picks it on CPU from this many channels per group.
-CPU_FUSED_MIN_CHANNELS = 64
+# ``fused=None`` uses the fused kernel on CUDA only: on CPU it was measured slower than torch's
+# oneDNN convolutions inside the whole model (benchmarks/NOTES.md: paper configuration 0.75× in a
+# 2D training step and 0.76× in 3D inference; 2-2.4× slower at 16-32 channels per group), although
+# it needs 4-6× less memory. ``fused=True`` selects it on CPU too.
+FUSED_BY_DEFAULT_ON_CPU = False
 
 
 def _fused_ssdc_available(device: torch.device) -> bool:
@@ -82,14 +83,13 @@ class SSDC(nn.Module):
 
     The parameters have the layouts of ``rdcnet_ext.ops.ssdc``, so one checkpoint serves the
     fused and the unfused path. ``fused=None`` picks the fused op where the extension provides
-    it for the input's device: always on CUDA, on CPU from :data:`CPU_FUSED_MIN_CHANNELS`
-    channels per group (below that the unfused oneDNN convolutions are faster)."""
+    it for the input's device, except on CPU where the unfused oneDNN convolutions are faster
+    (:data:`FUSED_BY_DEFAULT_ON_CPU`); ``fused=True`` forces it (e.g. to save memory)."""
 
     def __init__(self, ndim: int, groups: int, channels_per_group: int, dilations: Sequence[int],
                  negative_slope: float = 0.3, fused: Optional[bool] = None):
         super().__init__()
         self.ndim, self.groups, self.dilations = ndim, groups, tuple(int(d) for d in dilations)
-        self.channels_per_group = channels_per_group
         self.negative_slope, self.fused = negative_slope, fused
         C, G, D = channels_per_group, groups, len(self.dilations)
         k = (3,) * ndim
@@ -110,7 +110,7 @@ class SSDC(nn.Module):
         if self.fused and not available:
             raise RuntimeError(f"SSDC(fused=True): rdcnet_ext provides no fused sSDC for {x.device} inputs")
         if self.fused is None and x.device.type == "cpu":
-            return available and self.channels_per_group >= CPU_FUSED_MIN_CHANNELS
+            return available and FUSED_BY_DEFAULT_ON_CPU
         return available
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +178,8 @@ class RDCNet(nn.Module):
         dropout: spatial dropout rate at the block's input.
         negative_slope: LeakyReLU slope.
         spacing: physical pixel size per axis; embeddings are in these units.
-        fused: use rdcnet_ext's fused sSDC (None: when available for the input's device).
+        fused: use rdcnet_ext's fused sSDC (None: on CUDA when the extension has it; on CPU
+            the unfused path, measured faster there; True: always, e.g. to save memory).
 
     ``forward(x)`` takes (B, in_channels, *S) of any spatial size (padded to a multiple of the
     factor, cropped back) and returns an :class:`RDCNetOutput`.
