@@ -254,3 +254,11 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "F1@0.5" in out and "AJI" in out
     assert (tmp_path / "demo" / "overlay.png").stat().st_size > 1000
+
+
+def test_cli_predict_with_tiles(tmp_path, checkpoint, nuclei):
+    path, model = checkpoint
+    write_image(tmp_path / "big.tif", np.tile(nuclei["val"][0][0], (2, 2)))
+    assert cli.main(["predict", str(tmp_path / "big.tif"), "--model", str(path), "--out", str(tmp_path / "o.tif"),
+                     "--tile", "96"]) == 0
+    assert read_labels(tmp_path / "o.tif").shape == (160, 160)

@@ -168,7 +168,8 @@ def cmd_predict(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(files, desc="segmenting", unit="image", disable=len(files) < 2):
         image = read_image(path)
-        labels = predict(model, image, post, tile_shape=args.tile, device=args.device)
+        labels = predict(model, image, post, tile_shape=_per_axis(args.tile, model.config.ndim, "tile"),
+                         device=args.device)
         target = _output_path(out, path, single)
         write_labels(target, labels)
         print(f"{path} -> {target}: {int(labels.max())} objects")
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on image/label folders",
                        description="Train RDCNet on pairs of images and instance labels (same file names in "
                                    "the two folders; TIFF or PNG; 2D, 2D RGB or 3D).")
+    t.epilog = ("examples: rdcnet train --images data/images --labels data/labels --out runs/nuclei --margin 5 | "
+                "rdcnet train --config configs/monuseg.toml (rerun the same command to resume)")
     t.add_argument("--config", help="experiment file (configs/*.toml): data, model and training settings; "
                                     "--out/--epochs/--steps/--lr/--device override it")
     t.add_argument("--images", help="folder of training images")
@@ -311,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="segment images with a trained model",
                        description="Segment a TIFF/PNG image or a folder of them; writes TIFF label images "
                                    "(one per input, same file stem) into --out.")
+    r.epilog = ("example: rdcnet predict images/ --model runs/nuclei/best.pt --out labels/ "
+                "(3D stacks and RGB images alike; --tile 512 for very large 2D images)")
     r.add_argument("input", help="image file or folder")
     r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo'")
     r.add_argument("--out", required=True, help="output folder, or a .tif path for a single input")
