@@ -17,6 +17,18 @@ __all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE"]
 DEFAULT_TILE = {2: (1024, 1024), 3: (64, 512, 512)}
 
 
+def channel_axis_of(image: np.ndarray, model: RDCNet) -> Optional[int]:
+    """Where the channels of a raw image are: None for grey, else 0 or -1 (channels last, as
+    read from PNG/TIFF, unless the first axis matches the model's channels and the last does not)."""
+    cfg = model.config
+    if image.ndim == cfg.ndim:
+        return None
+    if image.ndim == cfg.ndim + 1:
+        return 0 if image.shape[0] == cfg.in_channels and image.shape[-1] != cfg.in_channels else -1
+    raise ValueError(f"image: expected {cfg.ndim} spatial axes (plus an optional channel axis), "
+                     f"got shape {image.shape}")
+
+
 def prepare_image(image, model: RDCNet) -> torch.Tensor:
     """Raw image (*S) grey, (Y, X, C) / (C, Y, X) colour in 2D, or (Z, Y, X) in 3D → float32
     (C, *S), normalised exactly as in training (:func:`rdcnet.data.normalize_image`)."""
@@ -26,15 +38,7 @@ def prepare_image(image, model: RDCNet) -> torch.Tensor:
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
     cfg = model.config
-    if image.ndim == cfg.ndim:
-        channel_axis = None
-    elif image.ndim == cfg.ndim + 1:
-        # Channels last (as read from PNG/TIFF) unless the first axis matches and the last does not.
-        channel_axis = 0 if image.shape[0] == cfg.in_channels and image.shape[-1] != cfg.in_channels else -1
-    else:
-        raise ValueError(f"image: expected {cfg.ndim} spatial axes (plus an optional channel axis), "
-                         f"got shape {image.shape}")
-    x = normalize_image(image, channel_axis=channel_axis)
+    x = normalize_image(image, channel_axis=channel_axis_of(image, model))
     if x.shape[0] != cfg.in_channels:
         raise ValueError(f"image: the model expects {cfg.in_channels} channel(s), got {x.shape[0]} "
                          f"(shape {image.shape})")

@@ -19,7 +19,7 @@ from ._files import atomic_write
 from .losses import RDCNetLoss
 from .model import RDCNet, RDCNetConfig
 from .postprocess import PostprocessConfig, labels_from_output
-from .predict import predict_output
+from .predict import channel_axis_of, predict_output
 
 __all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_checkpoint"]
 
@@ -164,8 +164,12 @@ def _prepare(pairs, model: RDCNet, name: str):
         except (TypeError, ValueError):
             raise TypeError(f"{name}: expected (image, labels) pairs, item {i} is {type(pair).__name__}") from None
         image, lab = np.asarray(image), np.asarray(lab)
-        channel_axis = None if image.ndim == model.config.ndim else -1
-        x = normalize_image(image, channel_axis=channel_axis)
+        try:
+            axis = channel_axis_of(image, model)
+        except ValueError:
+            raise ValueError(f"{name}[{i}]: expected an image with {model.config.ndim} spatial axes (plus an "
+                             f"optional channel axis), got shape {image.shape}") from None
+        x = normalize_image(image, channel_axis=axis)
         if x.shape[1:] != lab.shape:
             raise ValueError(f"{name}[{i}]: image spatial shape {x.shape[1:]} does not match labels {lab.shape}")
         if x.shape[0] != model.config.in_channels:
