@@ -107,6 +107,8 @@ def run_demo(out_dir: Path = Path("rdcnet-demo"), steps: int = DEMO_STEPS, seed:
     print(f"  precision@0.5 {mean['precision@0.5']:.3f}   recall@0.5 {mean['recall@0.5']:.3f}   "
           f"F1@0.5 {mean['f1@0.5']:.3f}")
     print(f"  SBD {mean['sbd']:.3f}   AJI {mean['aji']:.3f}")
+    if quick:
+        print("  (--quick: a 20-step installation check; the model is untrained and the figures mean nothing)")
     print(f"  overlay: {out_dir / 'overlay.png'}; metrics: {out_dir / 'metrics.md'}; "
           f"training curves: {Path(config.out_dir) / 'training.png'}; model: {result.best_checkpoint}")
     return 0
