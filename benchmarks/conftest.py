@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import rdcnet_ext  # noqa: E402
+from render import cpu_model  # noqa: E402
 from bench_setup import BUDGET_S, CASES, CUDA_OK, CUDA_SKIP_REASON, SMALL, prepare  # noqa: E402
 
 
@@ -61,22 +62,12 @@ def pytest_report_header(config):
     return lines
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def pytest_benchmark_update_machine_info(config, machine_info):
     import scipy
     import skimage
 
     machine_info["rdcnet"] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import sys
 from datetime import datetime
@@ -64,7 +65,7 @@ def implementation(b: dict) -> str:
 def machine_lines(data: dict) -> list[str]:
     mi = data.get("machine_info", {})
     rd = mi.get("rdcnet", {})
-    cpu = rd.get("cpu_model") or mi.get("cpu", {}).get("brand_raw") or _proc_cpu_model()
+    cpu = rd.get("cpu_model") or mi.get("cpu", {}).get("brand_raw") or cpu_model()
     cores = rd.get("cpu_count") or mi.get("cpu", {}).get("count") or os.cpu_count()
     threads = rd.get("torch_threads")
     gpu = rd.get("gpu") or "none"
@@ -93,14 +94,15 @@ def machine_lines(data: dict) -> list[str]:
     return lines
 
 
-def _proc_cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's name (also recorded by conftest.py into the benchmark JSON)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown CPU"
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def median(b: dict) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -64,13 +63,12 @@ def _label_path_for(image: Path, label_dir: Path) -> Path:
 
 
 def _load_pairs(image_dir: Path, label_dir: Path, undefined=None):
-    from .data import read_image, read_labels
+    from .data import FolderDataset
 
-    pairs = []
-    for img in _image_files(image_dir, "images"):
-        lab = _label_path_for(img, label_dir)
-        pairs.append((read_image(img), read_labels(lab, undefined=undefined)))
-    return pairs
+    for path, what in ((image_dir, "images"), (label_dir, "labels")):
+        if not path.is_dir():
+            raise UsageError(f"{what}: no such file or folder: {path}")
+    return list(FolderDataset(image_dir, label_dir, undefined=undefined))
 
 
 # ---- demo ------------------------------------------------------------------------------------
@@ -377,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
         if os.environ.get("RDCNET_DEBUG"):
             raise
-        print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # some messages list files on several lines
+        print(f"rdcnet {args.command}: error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"rdcnet {args.command}: interrupted (finished epochs are saved in the run folder)", file=sys.stderr)
         return 130

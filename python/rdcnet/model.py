@@ -4,8 +4,9 @@ semi-convolutional embedding head in physical units (see DESIGN.md, "The model")
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -63,18 +64,19 @@ def ssdc_unfused(x, weight, bias, reduce_weight, reduce_bias, dilations, groups,
 FUSED_BY_DEFAULT_ON_CPU = False
 
 
-def _fused_ssdc_available(device: torch.device) -> bool:
+@functools.lru_cache(maxsize=None)
+def _fused_ssdc_available(device_type: str) -> bool:
     try:
         from rdcnet_ext import ops
     except ImportError:
         return False
     if not hasattr(ops, "ssdc"):
         return False
-    if device.type == "cuda":
+    if device_type == "cuda":
         import rdcnet_ext
 
         return bool(getattr(rdcnet_ext, "has_cuda", False))
-    return device.type == "cpu"
+    return device_type == "cpu"
 
 
 class SSDC(nn.Module):
@@ -106,7 +108,7 @@ class SSDC(nn.Module):
     def use_fused(self, x: torch.Tensor) -> bool:
         if self.fused is False:
             return False
-        available = _fused_ssdc_available(x.device)
+        available = _fused_ssdc_available(x.device.type)
         if self.fused and not available:
             raise RuntimeError(f"SSDC(fused=True): rdcnet_ext provides no fused sSDC for {x.device} inputs")
         if self.fused is None and x.device.type == "cpu":
@@ -243,15 +245,14 @@ class RDCNet(nn.Module):
                 for n, o, s in zip(spatial, origin, self.config.spacing)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
-    def _head(self, y: torch.Tensor, spatial: Sequence[int], origin) -> RDCNetOutput:
+    def _head(self, y: torch.Tensor, spatial: Sequence[int], coords: torch.Tensor) -> RDCNetOutput:
         out = self.up(F.leaky_relu(y, self.config.negative_slope))
         # Transposed conv without padding: the output is (L-1)·f + k; its centred L·f window is
         # aligned with the input grid, then cropped to the unpadded input size.
         crop = tuple(slice((k - f) // 2, (k - f) // 2 + n) for k, f, n in zip(self._k_out, self.config.factor, spatial))
         out = out[(slice(None), slice(None)) + crop]
         offsets, logits = out[:, : self.ndim], out[:, self.ndim:]
-        coords = self.coordinates(spatial, origin, device=out.device).to(offsets.dtype)
-        return RDCNetOutput(offsets + coords, torch.softmax(logits, dim=1), logits)
+        return RDCNetOutput(offsets + coords.to(offsets.dtype), torch.softmax(logits, dim=1), logits)
 
     def forward(self, x: torch.Tensor, origin: Optional[Sequence[int]] = None, return_all: bool = False,
                 iterations: Optional[int] = None) -> Union[RDCNetOutput, List[RDCNetOutput]]:
@@ -278,9 +279,10 @@ class RDCNet(nn.Module):
             x = F.pad(x, pad, mode="reflect" if all(p < n for p, n in zip(pad[1::2], reversed(spatial))) else "replicate")
         feats = self.down(x)
         y = feats.new_zeros((feats.shape[0], self.config.groups * self.config.channels_per_group, *feats.shape[2:]))
+        coords = self.coordinates(spatial, origin, device=x.device)  # once, for every head call
         outputs = []
         for _ in range(n_iter):
             y = y + self.block(feats, y)
             if return_all:
-                outputs.append(self._head(y, spatial, origin))
-        return outputs if return_all else self._head(y, spatial, origin)
+                outputs.append(self._head(y, spatial, coords))
+        return outputs if return_all else self._head(y, spatial, coords)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from rdcnet_ext import ops
@@ -55,11 +54,3 @@ def labels_from_output(embeddings: torch.Tensor, probabilities: torch.Tensor,
         smooth_radius=int(config.smooth_radius), max_distance=config.max_distance,
         opening_radius=config.opening_radius)
 
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..K in order of first appearance of their value (0 stays 0)."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lut[labels]

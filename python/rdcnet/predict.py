@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch

@@ -182,18 +182,25 @@ def _prepare(pairs, model: RDCNet, name: str):
     return images, labels
 
 
-def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
+def _mean_f1(model: RDCNet, outputs, labels, postprocess: PostprocessConfig) -> float:
+    """Mean F1 at IoU 0.5 of the decoded ``outputs`` (one per image) against ``labels``."""
     from .metrics import evaluate_image
 
-    losses, f1s = [], []
+    return float(np.mean([
+        evaluate_image(y, labels_from_output(o.embeddings, o.probabilities, model.config.spacing,
+                                             postprocess).cpu().numpy())["f1@0.5"]
+        for o, y in zip(outputs, labels)]))
+
+
+def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
+    outputs, losses = [], []
     for x, y in zip(images, labels):
         out = predict_output(model, torch.from_numpy(x), device=device)
         yt = torch.from_numpy(y).to(device)[None]
         batched = type(out)(out.embeddings[None], out.probabilities[None], out.logits[None])
         losses.append(float(loss_fn(batched, yt)[0]))
-        pred = labels_from_output(out.embeddings, out.probabilities, model.config.spacing, postprocess)
-        f1s.append(float(evaluate_image(y, pred.cpu().numpy())["f1@0.5"]))
-    return {"val_loss": float(np.mean(losses)), "val_f1": float(np.mean(f1s))}
+        outputs.append(out)
+    return {"val_loss": float(np.mean(losses)), "val_f1": _mean_f1(model, outputs, labels, postprocess)}
 
 
 def tune_postprocess(model: RDCNet, images, labels, postprocess: PostprocessConfig, device="cpu",
@@ -203,14 +210,10 @@ def tune_postprocess(model: RDCNet, images, labels, postprocess: PostprocessConf
     fine tune the window size on the validation set"). The network runs once per image; only the
     decoding is repeated. ``images`` are normalised (C, *S) arrays. Returns (best config, its F1,
     the F1 of ``postprocess``); ties keep ``postprocess``."""
-    from .metrics import evaluate_image
-
     outputs = [predict_output(model, torch.from_numpy(x), device=device) for x in images]
 
     def score(cfg: PostprocessConfig) -> float:
-        return float(np.mean([evaluate_image(y, labels_from_output(o.embeddings, o.probabilities,
-                                                                   model.config.spacing, cfg).cpu().numpy())["f1@0.5"]
-                              for o, y in zip(outputs, labels)]))
+        return _mean_f1(model, outputs, labels, cfg)
 
     base = score(postprocess)
     best, best_f1 = postprocess, base
