@@ -155,8 +155,34 @@ PYBIND11_MODULE(_C, m) {
                                  uintptr_t grw, uintptr_t grb, int device, uintptr_t stream) {
     const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
     rdc::ssdc_backward_cuda(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b), ptr<const void>(rw),
-                            ptr<const void>(gy), ptr<void>(gx), ptr<void>(gw), ptr<void>(gb), ptr<void>(grw),
-                            ptr<void>(grb), device, ptr<void>(stream));
+                            ptr<const void>(gy), ptr<void>(gx), ptr<double>(gw), ptr<double>(gb), ptr<double>(grw),
+                            ptr<double>(grb), device, ptr<void>(stream));
+  }, release);
+  m.def("ssdc_tc_supported", [](int64_t channels, int dtype, int device) {
+    return rdc::ssdc_tc_supported(channels, dtype, device);
+  }, release, "Whether the tensor-core sSDC kernels run this many channels per group of this dtype on the device.");
+  m.def("ssdc_tc_forward_cuda", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                                   std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
+                                   uintptr_t b, uintptr_t rw, uintptr_t rb, uintptr_t y, int device, uintptr_t stream) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
+    rdc::ssdc_tc_forward_cuda(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b),
+                              ptr<const void>(rw), ptr<const void>(rb), ptr<void>(y), device, ptr<void>(stream));
+  }, release);
+  m.def("ssdc_tc_workspace_floats", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                                       std::vector<int64_t> dilations, int device) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, 0.0);
+    return rdc::ssdc_tc_workspace_floats(a, device);
+  }, release);
+  m.def("ssdc_tc_backward_cuda", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
+                                    std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
+                                    uintptr_t b, uintptr_t rw, uintptr_t gy, uintptr_t gx, uintptr_t gw, uintptr_t gb,
+                                    uintptr_t grw, uintptr_t grb, uintptr_t work, int64_t work_floats, int device,
+                                    uintptr_t stream) {
+    const rdc::SsdcArgs a = ssdc_args(batch, groups, channels, shape, dilations, slope);
+    rdc::ssdc_tc_backward_cuda(a, dtype, ptr<const void>(x), ptr<const void>(w), ptr<const void>(b),
+                               ptr<const void>(rw), ptr<const void>(gy), ptr<float>(gx), ptr<double>(gw),
+                               ptr<double>(gb), ptr<double>(grw), ptr<double>(grb), ptr<float>(work), work_floats,
+                               device, ptr<void>(stream));
   }, release);
   m.def("hough_votes_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t emb,
                                uintptr_t mask, uintptr_t votes, int device, uintptr_t stream) {

@@ -9,7 +9,9 @@ candidate-list length) or a value must be checked (centres in range).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -233,6 +235,42 @@ def embeddings_to_labels(
 
 _SSDC_DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
+SSDC_KERNEL_ENV = "RDCNET_EXT_SSDC_CUDA_KERNEL"
+SSDC_KERNELS = ("simt", "tensorcore")
+
+
+def ssdc_kernel_request() -> str:
+    """The CUDA sSDC kernel asked for by ``RDCNET_EXT_SSDC_CUDA_KERNEL`` (read on every call):
+    ``"simt"`` (default, also when unset or empty) or ``"tensorcore"``; anything else raises."""
+    raw = os.environ.get(SSDC_KERNEL_ENV, "")
+    value = raw.strip().lower() or "simt"
+    if value not in SSDC_KERNELS:
+        raise ValueError(f"{SSDC_KERNEL_ENV}: expected one of {', '.join(SSDC_KERNELS)} (or unset), got {raw!r}")
+    return value
+
+
+def ssdc_tensorcore_dtype_ok(dtype: torch.dtype, allow_tf32: bool) -> bool:
+    """The tensor-core kernel's dtype policy: float16/bfloat16 always, float32 only as TF32 when
+    the caller allows TF32 (``torch.backends.cudnn.allow_tf32``), float64 never."""
+    return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and bool(allow_tf32))
+
+
+@functools.lru_cache(maxsize=None)
+def _tensorcore_runs(channels: int, dtype_code: int, device: int) -> bool:
+    # Channels a multiple of 16 (at most 256), compute capability >= 8.0, enough shared memory.
+    return bool(_C.ssdc_tc_supported(channels, dtype_code, device))
+
+
+def ssdc_cuda_kernel(x: torch.Tensor, channels: int) -> str:
+    """The CUDA sSDC kernel a call with input ``x`` runs: ``"tensorcore"`` if it was asked for and
+    supports the case (dtype policy above; the native module checks channels, GPU and shared
+    memory), else ``"simt"`` silently."""
+    if ssdc_kernel_request() != "tensorcore" or not ssdc_tensorcore_dtype_ok(x.dtype, torch.backends.cudnn.allow_tf32):
+        return "simt"
+    if not HAS_CUDA or x.device.type != "cuda":
+        return "simt"
+    return "tensorcore" if _tensorcore_runs(int(channels), _SSDC_DTYPES[x.dtype], x.device.index) else "simt"
+
 
 def _ssdc_geometry(x: torch.Tensor, weight: torch.Tensor, dilations: Sequence[int], groups: int, slope: float):
     channels = weight.shape[1]
@@ -255,7 +293,11 @@ def ssdc_forward(
     args = (*_ssdc_geometry(x, weight, dilations, groups, negative_slope),
             _ptr(x), _ptr(weight), _ptr(bias), _ptr(reduce_weight), _ptr(reduce_bias), _ptr(y))
     if x.device.type == "cuda":
-        _C.ssdc_forward_cuda(*args, *_cuda(x))
+        device_stream = _cuda(x)
+        if ssdc_cuda_kernel(x, weight.shape[1]) == "tensorcore":
+            _C.ssdc_tc_forward_cuda(*args, *device_stream)
+        else:
+            _C.ssdc_forward_cuda(*args, *device_stream)
     else:
         _C.ssdc_forward_cpu(*args, _threads())
     return y
@@ -273,17 +315,26 @@ def ssdc_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the fused sSDC w.r.t. (x, weight, bias, reduce_weight, reduce_bias).
 
-    The CPU kernel writes them in the inputs' dtype. The CUDA kernel accumulates with atomics into
-    zeroed buffers of the accumulation type (float32; float64 for float64), cast here.
+    The CPU kernel writes them in the inputs' dtype. The CUDA kernels accumulate grad x into a
+    zeroed buffer of the accumulation type (float32; float64 for float64) and the parameter
+    gradients in float64; all are cast here.
     """
     grad = grad.contiguous()
     geometry = _ssdc_geometry(x, weight, dilations, groups, negative_slope)
     ins = (_ptr(x), _ptr(weight), _ptr(bias), _ptr(reduce_weight), _ptr(grad))
     if x.device.type == "cuda":
+        device_stream = _cuda(x)
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        outs = [torch.zeros(t.shape, dtype=acc, device=x.device) for t in (x, weight, bias, reduce_weight, bias)]
-        _C.ssdc_backward_cuda(*geometry, *ins, *(_ptr(t) for t in outs), *_cuda(x))
-        return tuple(t.to(x.dtype) for t in outs)  # type: ignore[return-value]
+        gx = torch.zeros(x.shape, dtype=acc, device=x.device)
+        params = [torch.zeros(t.shape, dtype=torch.float64, device=x.device) for t in (weight, bias, reduce_weight, bias)]
+        outs = (_ptr(gx), *(_ptr(t) for t in params))
+        if ssdc_cuda_kernel(x, weight.shape[1]) == "tensorcore":
+            floats = _C.ssdc_tc_workspace_floats(*geometry[:5], device_stream[0])
+            work = torch.empty(max(int(floats), 1), dtype=torch.float32, device=x.device)
+            _C.ssdc_tc_backward_cuda(*geometry, *ins, *outs, _ptr(work), int(floats), *device_stream)
+        else:
+            _C.ssdc_backward_cuda(*geometry, *ins, *outs, *device_stream)
+        return tuple(t.to(x.dtype) for t in (gx, *params))  # type: ignore[return-value]
     outs = [torch.empty(t.shape, dtype=x.dtype) for t in (x, weight, bias, reduce_weight, bias)]
     _C.ssdc_backward_cpu(*geometry, *ins, *(_ptr(t) for t in outs), _threads())
     return tuple(outs)  # type: ignore[return-value]

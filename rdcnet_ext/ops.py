@@ -363,6 +363,16 @@ def ssdc(
     Equals :func:`rdcnet_ext.reference.ssdc` (the unfused chain) to rounding, but never stores the
     ``D`` per-dilation activations, in forward or backward (they are recomputed).
 
+    CUDA kernels: the environment variable ``RDCNET_EXT_SSDC_CUDA_KERNEL`` (read on every call,
+    forward and backward) picks ``"simt"`` (the default: CUDA cores, every dtype, exact float32)
+    or ``"tensorcore"`` (opt-in, not yet verified on a GPU: implicit GEMM on tensor cores with
+    float32 accumulation, for float16/bfloat16, and for float32 as TF32 only while
+    ``torch.backends.cudnn.allow_tf32`` is true; channels per group a multiple of 16, at most 256,
+    on compute capability 8.0+). A case the tensor-core kernel does not support (float64, float32
+    without TF32, other channel counts, older GPUs, too little shared memory) silently runs the
+    simt kernel; any other value of the variable raises ``ValueError``. Parameter gradients are
+    summed in float64 by both kernels.
+
     dtypes: float32 or float64 on CPU; float32, float64, float16, bfloat16 on CUDA (float32
     accumulation). Registered as ``torch.ops.rdcnet_ext.ssdc`` with autograd and a fake kernel, so
     it trains and compiles (``torch.compile(fullgraph=True)``).

@@ -24,6 +24,8 @@ from helpers import (
     random_mask,
     spacing_list,
 )
+from test_ssdc import NAMES as SSDC_NAMES
+from test_ssdc import forward_and_grads, make, rel_err
 
 CUDA_OK = torch.cuda.is_available() and rdcnet_ext.has_cuda
 pytestmark = [
@@ -317,3 +319,100 @@ def test_numpy_path_is_cpu_even_with_cuda_available():
     out = ops.embeddings_to_labels(f.embeddings.numpy(), f.mask.numpy(), 2.0)
     assert isinstance(out, np.ndarray)
     np.testing.assert_array_equal(out, ref.embeddings_to_labels(f.embeddings, f.mask, 2.0).numpy())
+
+
+# ---- sSDC: the two CUDA kernels (simt, tensorcore) against a float64 reference ---------------------
+
+# (batch, groups, channels per group, spatial shape, dilations): odd sizes, 3D, dilations beyond
+# the image, G in {1, 2, 8}, C in {16, 32, 64}, batch 1 and 3.
+TC_CASES = [
+    (1, 1, 16, (17, 23), (1, 2, 4, 8)),
+    (3, 2, 32, (9, 31), (1, 2, 4, 8)),
+    (1, 8, 64, (37, 41), (1, 2, 4, 8)),
+    (1, 2, 32, (3, 70), (1, 5, 40)),
+    (3, 2, 16, (5, 7, 9), (1, 2, 4, 8)),
+    (1, 1, 64, (6, 9, 11), (1, 3)),
+]
+TC_IDS = [f"b{b}g{g}c{c}-{'x'.join(map(str, s))}-d{'_'.join(map(str, d))}" for b, g, c, s, d in TC_CASES]
+TC_DTYPES = [(torch.bfloat16, 1e-2), (torch.float16, 5e-3), (torch.float32, 3e-3)]  # float32 = TF32
+
+
+def _ssdc_vs_float64(case, dtype, seed=0):
+    """Relative errors of y and the five gradients of ops.ssdc on CUDA against the reference
+    evaluated in float64 on the CPU from the same (rounded) inputs and output gradient."""
+    b, g, c, shape, dil = case
+    inputs = make(b, g, c, shape, dil, dtype, device="cuda", seed=seed)
+    y, grads, gy = forward_and_grads(ops.ssdc, inputs, dil, g, 0.3)
+    ref_inputs = [t.double().cpu() for t in inputs]
+    y_ref, grads_ref, _ = forward_and_grads(ref.ssdc, ref_inputs, dil, g, 0.3, gy.double().cpu())
+    for got in (y, *grads):
+        assert got.dtype == dtype and got.device.type == "cuda"
+    return {name: rel_err(got.cpu(), want) for name, got, want in zip(SSDC_NAMES, (y, *grads), (y_ref, *grads_ref))}
+
+
+@pytest.fixture
+def tensorcore(monkeypatch):
+    """RDCNET_EXT_SSDC_CUDA_KERNEL=tensorcore, TF32 allowed, and a record of the native calls made."""
+    monkeypatch.setenv(_launch.SSDC_KERNEL_ENV, "tensorcore")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    calls = []
+    for name in ("ssdc_tc_forward_cuda", "ssdc_tc_backward_cuda", "ssdc_forward_cuda", "ssdc_backward_cuda"):
+        real = getattr(_launch._C, name)
+
+        def spy(*args, _real=real, _name=name):
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(_launch._C, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("case", TC_CASES, ids=TC_IDS)
+@pytest.mark.parametrize("dtype,tol", TC_DTYPES, ids=["bf16", "f16", "tf32"])
+def test_ssdc_tensorcore_matches_float64_reference(case, dtype, tol, tensorcore):
+    errors = _ssdc_vs_float64(case, dtype)
+    assert tensorcore == ["ssdc_tc_forward_cuda", "ssdc_tc_backward_cuda"], tensorcore
+    bad = {k: f"{v:.2e}" for k, v in errors.items() if not v <= tol}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype,channels", [(torch.float64, 16), (torch.bfloat16, 8), (torch.float16, 24)],
+                         ids=["f64", "c8", "c24"])
+def test_ssdc_tensorcore_falls_back_to_simt(dtype, channels, tensorcore):
+    errors = _ssdc_vs_float64((2, 2, channels, (9, 10), (1, 2)), dtype)
+    assert tensorcore == ["ssdc_forward_cuda", "ssdc_backward_cuda"], tensorcore
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    assert max(errors.values()) <= tol, errors
+
+
+def test_ssdc_float32_without_tf32_runs_simt(tensorcore, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    errors = _ssdc_vs_float64((1, 2, 16, (9, 10), (1, 2)), torch.float32)
+    assert tensorcore == ["ssdc_forward_cuda", "ssdc_backward_cuda"], tensorcore
+    assert max(errors.values()) <= 1e-5, errors
+
+
+def test_ssdc_tensorcore_parameter_gradients_are_deterministic(tensorcore):
+    case = (2, 2, 32, (19, 21), (1, 2, 4))
+    b, g, c, shape, dil = case
+    inputs = make(b, g, c, shape, dil, torch.bfloat16, device="cuda")
+    _, first, gy = forward_and_grads(ops.ssdc, inputs, dil, g, 0.3)
+    _, second, _ = forward_and_grads(ops.ssdc, inputs, dil, g, 0.3, gy)
+    for name, a, b_ in zip(SSDC_NAMES[2:], first[1:], second[1:]):  # grad x uses atomics
+        assert torch.equal(a, b_), name
+
+
+@pytest.mark.parametrize("case", [(2, 4, 32, (37, 41), (1, 2, 4, 8)), (1, 8, 64, (33, 40), (1, 2, 4, 8))],
+                         ids=["g4c32-37x41", "g8c64-33x40"])
+def test_ssdc_simt_float32_gradients_within_1e5(case, monkeypatch):
+    """Issue 8 item 5: float32 parameter gradients of the simt kernel within 1e-5 of float64."""
+    monkeypatch.setenv(_launch.SSDC_KERNEL_ENV, "simt")
+    errors = _ssdc_vs_float64(case, torch.float32)
+    assert max(errors.values()) <= 1e-5, {k: f"{v:.2e}" for k, v in errors.items()}
+
+
+def test_ssdc_bad_kernel_variable_raises(monkeypatch):
+    monkeypatch.setenv(_launch.SSDC_KERNEL_ENV, "cutlass")
+    inputs = make(1, 1, 16, (5, 6), (1,), torch.float32, device="cuda")
+    with pytest.raises(ValueError, match="RDCNET_EXT_SSDC_CUDA_KERNEL"):
+        ops.ssdc(*inputs, (1,), 1)

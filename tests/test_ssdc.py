@@ -288,3 +288,45 @@ print(_C.ssdc_cpu_isa())
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split()[-1] in (isa, "generic")  # generic where the CPU lacks AVX2
+
+
+# ---- choice of the CUDA kernel (pure Python: runs without a GPU) -----------------------------------
+
+
+@pytest.mark.parametrize("value,expected", [(None, "simt"), ("", "simt"), ("simt", "simt"), (" TensorCore ", "tensorcore")])
+def test_cuda_kernel_variable(value, expected, monkeypatch):
+    from rdcnet_ext import _launch
+
+    if value is None:
+        monkeypatch.delenv(_launch.SSDC_KERNEL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_launch.SSDC_KERNEL_ENV, value)
+    assert _launch.ssdc_kernel_request() == expected
+
+
+def test_cuda_kernel_variable_rejects_other_values(monkeypatch):
+    from rdcnet_ext import _launch
+
+    monkeypatch.setenv(_launch.SSDC_KERNEL_ENV, "wmma")
+    with pytest.raises(ValueError, match=r"RDCNET_EXT_SSDC_CUDA_KERNEL: expected one of simt, tensorcore .*'wmma'"):
+        _launch.ssdc_kernel_request()
+
+
+@pytest.mark.parametrize("dtype,allow_tf32,ok", [
+    (torch.float16, False, True), (torch.bfloat16, False, True), (torch.float32, True, True),
+    (torch.float32, False, False), (torch.float64, True, False),
+])
+def test_tensorcore_dtype_policy(dtype, allow_tf32, ok):
+    from rdcnet_ext import _launch
+
+    assert _launch.ssdc_tensorcore_dtype_ok(dtype, allow_tf32) is ok
+
+
+def test_cpu_tensors_never_take_the_cuda_kernels(monkeypatch):
+    from rdcnet_ext import _launch
+
+    monkeypatch.setenv(_launch.SSDC_KERNEL_ENV, "tensorcore")
+    x = torch.zeros(1, 16, 4, 4, dtype=torch.float16)
+    assert _launch.ssdc_cuda_kernel(x, 16) == "simt"
+    inputs = make(1, 1, 16, (4, 5), (1, 2), torch.float64)  # and the CPU op ignores the variable
+    assert rel_err(ops.ssdc(*inputs, (1, 2), 1), reference.ssdc(*inputs, (1, 2), 1)) <= 1e-12

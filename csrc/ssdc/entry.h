@@ -21,14 +21,28 @@ void ssdc_backward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* 
 // Which vector code path the CPU kernels use on this machine ("avx512", "avx2" or "generic").
 const char* ssdc_cpu_isa();
 
-// ---- CUDA (float32, float64, float16, bfloat16) ------------------------------------------------
+// ---- CUDA, CUDA-core kernels (float32, float64, float16, bfloat16; ssdc_cuda.cu) ---------------
 // Launch on `stream` of `device`, no synchronisation. Forward writes y (the dtype). Backward
-// accumulates into zero-initialised buffers of the accumulation type (float64 for float64 inputs,
-// float32 otherwise): gx (x's shape), gw, gb, grw, grb; the caller casts them to the dtype.
+// accumulates into zero-initialised buffers: gx (x's shape) of the accumulation type (float64 for
+// float64 inputs, float32 otherwise) and the parameter gradients gw, gb, grw, grb in float64; the
+// caller casts them to the dtype.
 void ssdc_forward_cuda(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
                        const void* rw, const void* rb, void* y, int device, void* stream);
 void ssdc_backward_cuda(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
-                        const void* rw, const void* gy, void* gx, void* gw, void* gb, void* grw,
-                        void* grb, int device, void* stream);
+                        const void* rw, const void* gy, void* gx, double* gw, double* gb, double* grw,
+                        double* grb, int device, void* stream);
+
+// ---- CUDA, tensor-core kernels (float16, bfloat16, float32 as TF32; ssdc_tc_cuda.cu) -----------
+// Whether they run `channels` per group of `dtype` on `device` (C a multiple of 16 up to 256,
+// compute capability >= 8.0, enough shared memory); the entry points throw otherwise.
+bool ssdc_tc_supported(int64_t channels, int dtype, int device);
+void ssdc_tc_forward_cuda(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
+                          const void* rw, const void* rb, void* y, int device, void* stream);
+// Backward: gx (float32, zero-initialised, accumulated), gw, gb, grw, grb (float64, overwritten),
+// and a float32 scratch workspace of at least ssdc_tc_workspace_floats(a, device) entries.
+int64_t ssdc_tc_workspace_floats(const SsdcArgs& a, int device);
+void ssdc_tc_backward_cuda(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
+                           const void* rw, const void* gy, float* gx, double* gw, double* gb, double* grw,
+                           double* grb, float* workspace, int64_t workspace_floats, int device, void* stream);
 
 }  // namespace rdc

@@ -4,8 +4,10 @@
 // recomputes z_d for all C channels of its positions into shared memory (float32 accumulation;
 // float64 for float64 inputs), applies the LeakyReLU there and accumulates P_d * a_d into a
 // shared output tile: the per-dilation activations never reach global memory. The backward
-// kernel recomputes z_d the same way and accumulates the parameter gradients and grad x (a
-// scatter through the taps) with atomics into zero-initialised accumulation buffers. Per-element
+// kernel recomputes z_d the same way and accumulates grad x (a scatter through the taps) with
+// atomics of the accumulation type, and the parameter gradients with float64 sums and float64
+// atomics (one partial per block: with float32 atomics, thousands of partials of both signs
+// added in arbitrary order left relative errors near 1e-4, see benchmarks/NOTES.md). Per-element
 // arithmetic (tap geometry, LeakyReLU and its derivative) comes from ssdc.h, shared with the CPU.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -92,9 +94,8 @@ __global__ void ssdc_forward_kernel(SsdcArgs a, const T* __restrict__ x, const T
 template <typename T>
 __global__ void ssdc_backward_kernel(SsdcArgs a, const T* __restrict__ x, const T* __restrict__ w,
                                      const T* __restrict__ b, const T* __restrict__ rw, const T* __restrict__ gy,
-                                     typename AccOf<T>::type* gx, typename AccOf<T>::type* gw,
-                                     typename AccOf<T>::type* gb, typename AccOf<T>::type* grw,
-                                     typename AccOf<T>::type* grb, int64_t N, int TP) {
+                                     typename AccOf<T>::type* gx, double* gw, double* gb, double* grw,
+                                     double* grb, int64_t N, int TP) {
   using A = typename AccOf<T>::type;
   extern __shared__ unsigned char smem_raw[];
   const int64_t C = a.channels, G = a.groups, D = a.ndil, K = ssdc_taps(a.ndim);
@@ -113,8 +114,8 @@ __global__ void ssdc_backward_kernel(SsdcArgs a, const T* __restrict__ x, const 
   }
   __syncthreads();
   for (int64_t o = threadIdx.x; o < C; o += blockDim.x) {
-    A s = A(0);
-    for (int pi = 0; pi < TP; ++pi) s += gys[o * TP + pi];
+    double s = 0.0;
+    for (int pi = 0; pi < TP; ++pi) s += double(gys[o * TP + pi]);
     atomicAdd(grb + g * C + o, s);
   }
   for (int di = 0; di < D; ++di) {
@@ -134,25 +135,25 @@ __global__ void ssdc_backward_kernel(SsdcArgs a, const T* __restrict__ x, const 
     }
     __syncthreads();
     for (int64_t co = threadIdx.x; co < C; co += blockDim.x) {
-      A s = A(0);
-      for (int pi = 0; pi < TP; ++pi) s += gzs[co * TP + pi];
+      double s = 0.0;
+      for (int pi = 0; pi < TP; ++pi) s += double(gzs[co * TP + pi]);
       atomicAdd(gb + g * C + co, s);
     }
     for (int64_t e = threadIdx.x; e < C * C; e += blockDim.x) {
       const int64_t o = e / C, co = e % C;
-      A s = A(0);
-      for (int pi = 0; pi < TP; ++pi) s += gys[o * TP + pi] * act[co * TP + pi];
+      double s = 0.0;
+      for (int pi = 0; pi < TP; ++pi) s += double(gys[o * TP + pi]) * double(act[co * TP + pi]);
       atomicAdd(grw + (g * C + o) * D * C + di * C + co, s);
     }
     for (int64_t e = threadIdx.x; e < C * C * K; e += blockDim.x) {
       const int64_t co = e / (C * K), ci = (e / K) % C;
       const int k = int(e % K);
-      A s = A(0);
+      double s = 0.0;
       for (int pi = 0; pi < TP; ++pi) {
         const int64_t p = p0 + pi;
         if (p >= N) break;
         const int64_t src = ssdc_source(a, p, k, d);
-        if (src >= 0) s += gzs[co * TP + pi] * to_acc<A>(xg[ci * N + src]);
+        if (src >= 0) s += double(gzs[co * TP + pi]) * to_acc<double>(xg[ci * N + src]);
       }
       atomicAdd(gw + g * C * C * K + e, s);
     }
@@ -217,8 +218,8 @@ void ssdc_forward_cuda(const SsdcArgs& a, int dtype, const void* x, const void* 
 }
 
 void ssdc_backward_cuda(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
-                        const void* rw, const void* gy, void* gx, void* gw, void* gb, void* grw, void* grb,
-                        int device, void* stream) {
+                        const void* rw, const void* gy, void* gx, double* gw, double* gb, double* grw,
+                        double* grb, int device, void* stream) {
   cuda_enter(device, "ssdc");
   const int64_t N = ssdc_numel(a);
   if (N == 0 || a.batch == 0 || a.groups == 0 || a.channels == 0) return;
@@ -229,8 +230,7 @@ void ssdc_backward_cuda(const SsdcArgs& a, int dtype, const void* x, const void*
     const size_t smem = size_t(3) * a.channels * TP * sizeof(A);
     ssdc_backward_kernel<T><<<grid_for(a, N, TP), kThreads, smem, static_cast<cudaStream_t>(stream)>>>(
         a, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(b), static_cast<const T*>(rw),
-        static_cast<const T*>(gy), static_cast<A*>(gx), static_cast<A*>(gw), static_cast<A*>(gb), static_cast<A*>(grw),
-        static_cast<A*>(grb), N, TP);
+        static_cast<const T*>(gy), static_cast<A*>(gx), gw, gb, grw, grb, N, TP);
     cuda_check_launch("ssdc", "ssdc_backward_kernel");
   });
 }
