@@ -83,6 +83,7 @@ int64_t tc_smem_bytes(int64_t C, int dtype, bool backward) {
 
 using namespace nvcuda;
 
+#ifdef RDC_TC_MMA
 // Operand type S, wmma element type E and k-step per storage type T.
 template <typename T> struct Tc;
 template <> struct Tc<__half> {
@@ -103,7 +104,6 @@ template <> struct Tc<__nv_bfloat16> {
   static __device__ __forceinline__ S from(__nv_bfloat16 v) { return v; }
   static __device__ __forceinline__ __nv_bfloat16 out(float v) { return __float2bfloat16_rn(v); }
 };
-#ifdef RDC_TC_MMA
 template <> struct Tc<float> {
   using S = float;  // holds TF32-rounded values, so fragment loads need no further conversion
   using E = wmma::precision::tf32;
