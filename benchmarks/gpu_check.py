@@ -280,52 +280,40 @@ def ssdc_flops(batch, shape, channels, passes) -> float:
 
 
 class Timer:
-    """Median wall time of repeats after a warm-up: CUDA events on CUDA, perf_counter on CPU."""
+    """Median time of repeats after a warm-up (CUDA events on CUDA, perf_counter on the CPU),
+    repeated until `budget_s` has passed (at least once), and the peak memory of the first timed
+    repeat above what was allocated before it (CUDA only; None on the CPU)."""
 
     def __init__(self, device: str):
         self.device = device
 
-    def __call__(self, fn, budget_s: float = 1.0, max_repeats: int = 20) -> float:
+    def __call__(self, fn, budget_s: float = 1.0, max_repeats: int = 20) -> tuple[float, float | None]:
         import torch
 
+        cuda = self.device == "cuda"
         fn()  # warm-up: cuDNN autotuning, allocator, first-call costs
-        self.sync()
-        times = []
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        times, peak = [], None
         start_all = time.perf_counter()
-        while len(times) < max_repeats and (len(times) < 2 or time.perf_counter() - start_all < budget_s):
-            if self.device == "cuda":
+        while len(times) < max_repeats and (not times or time.perf_counter() - start_all < budget_s):
+            if cuda:
                 s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 s.record()
-                fn()
+                out = fn()
                 e.record()
                 e.synchronize()
                 times.append(s.elapsed_time(e))
+                del out
+                if peak is None:
+                    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
             else:
                 t0 = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    def sync(self):
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
-
-def peak_mb(device: str, fn) -> float | None:
-    """Peak memory of one call above what was allocated before it (CUDA only)."""
-    import torch
-
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = fn()
-    torch.cuda.synchronize()
-    del out
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return statistics.median(times), peak
 
 
 def run_bench(path: str, device: str, small: bool, case_timeout: float) -> None:
@@ -359,8 +347,7 @@ def run_bench(path: str, device: str, small: bool, case_timeout: float) -> None:
                     return torch.autograd.grad(y, inputs, torch.ones_like(y))
 
                 native.calls.clear()
-                ms = timer(step, *budget)
-                mem = peak_mb(device, step)
+                ms, mem = timer(step, *budget)
             row.update(status="ok", ms=ms, tflops=ssdc_flops(batch, shape, channels, passes) / (ms * 1e-3) / 1e12,
                        peak_mb=mem, kernel=native.kernel() if way == "fused" else "–")
         except Exception as err:  # noqa: BLE001
@@ -397,8 +384,7 @@ def run_bench(path: str, device: str, small: bool, case_timeout: float) -> None:
                             return model(x).embeddings
 
                 native.calls.clear()
-                ms = timer(step, *((0.05, 2) if small else (2.0, 5)))
-                mem = peak_mb(device, step)
+                ms, mem = timer(step, *((0.05, 2) if small else (2.0, 5)))
             row.update(status="ok", ms=ms, peak_mb=mem, kernel=native.kernel() if way == "fused" else "–")
         except Exception as err:  # noqa: BLE001
             row.update(status="error", error=f"{type(err).__name__}: {err}"[:200])

@@ -381,7 +381,7 @@ def test_ssdc_tensorcore_matches_float64_reference(case, dtype, tol, tensorcore)
 def test_ssdc_tensorcore_falls_back_to_simt(dtype, channels, tensorcore):
     errors = _ssdc_vs_float64((2, 2, channels, (9, 10), (1, 2)), dtype)
     assert tensorcore == ["ssdc_forward_cuda", "ssdc_backward_cuda"], tensorcore
-    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    tol = {torch.float64: 1e-12, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]  # simt's tolerances
     assert max(errors.values()) <= tol, errors
 
 
