@@ -9,9 +9,10 @@ Cases (the paper's configurations, 8 groups x 64 channels, dilations 1, 2, 4, 8,
 
 For each case, pass (``fwd``: forward only under ``torch.no_grad``; ``fwdbwd``: forward and
 backward of ``y.sum()`` w.r.t. every input) and device, pytest-benchmark times ``fused``
-(``rdcnet_ext.ops.ssdc``) and ``unfused`` (``rdcnet_ext.reference.ssdc``: per-dilation grouped
+(``rdcnet_ext.ops.ssdc``), ``unfused`` (``rdcnet_ext.reference.ssdc``: per-dilation grouped
 conv + LeakyReLU, concatenation, grouped 1x1 conv; on CUDA with ``cudnn.benchmark`` and
-channels_last). ``extra_info`` records the FLOPs, the peak memory of one call (CUDA:
+channels_last) and ``recompute`` (``rdcnet.ssdc.apply_ssdc(..., path="recompute")``: the same
+framework convs one dilation at a time, activations recomputed in backward). ``extra_info`` records the FLOPs, the peak memory of one call (CUDA:
 ``torch.cuda.max_memory_allocated`` above the inputs; CPU: the growth of the peak RSS of a fresh
 subprocess running one call), and the relative difference of the fused output to the unfused one.
 Render with ``python benchmarks/render.py bench.json benchmarks/README.md``.
@@ -75,8 +76,14 @@ def make_inputs(batch: int, shape: tuple, device: str, requires_grad: bool):
     ]
 
 
+def _recompute(*args):
+    from rdcnet.ssdc import apply_ssdc
+
+    return apply_ssdc(*args, path="recompute")
+
+
 def _impl(name: str):
-    return ops.ssdc if name == "fused" else reference.ssdc
+    return {"fused": ops.ssdc, "unfused": reference.ssdc, "recompute": _recompute}[name]
 
 
 def step(impl: str, inputs, passes: str):
@@ -102,7 +109,7 @@ PARAMS = [
     for device in ("cpu", "cuda")
     for case in CASES
     for passes in ("fwd", "fwdbwd")
-    for impl in ("fused", "unfused")
+    for impl in ("fused", "unfused", "recompute")
 ]
 
 
@@ -169,5 +176,5 @@ def test_ssdc(benchmark, case, passes, impl, device):
         benchmark.extra_info["peak_bytes"] = _cpu_peak_rss(case, passes, impl)
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     if passes == "fwd":  # agreement of the outputs (the tests check gradients)
-        other = step("unfused" if impl == "fused" else "fused", inputs, passes)
+        other = step("fused" if impl == "unfused" else "unfused", inputs, passes)
         benchmark.extra_info["rel_diff_y"] = float((out.double() - other.double()).norm() / other.double().norm())

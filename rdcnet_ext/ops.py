@@ -373,14 +373,23 @@ def ssdc(
     simt kernel; any other value of the variable raises ``ValueError``. Parameter gradients are
     summed in float64 by both kernels.
 
-    dtypes: float32 or float64 on CPU; float32, float64, float16, bfloat16 on CUDA (float32
-    accumulation). Registered as ``torch.ops.rdcnet_ext.ssdc`` with autograd and a fake kernel, so
-    it trains and compiles (``torch.compile(fullgraph=True)``).
+    dtypes: kernels for float32 and float64 on CPU; float32, float64, float16, bfloat16 on CUDA
+    (float32 accumulation). float16/bfloat16 on CPU are computed in float32 and returned in the
+    input dtype. Under ``torch.autocast`` every tensor is first cast to the autocast dtype of the
+    input's device (float64 inputs are left alone, as autocast does), and the result has that dtype.
+    Registered as ``torch.ops.rdcnet_ext.ssdc`` with autograd and a fake kernel, so it trains and
+    compiles (``torch.compile(fullgraph=True)``).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {_describe(x)}")
     if not x.is_floating_point():
         raise TypeError(f"x: expected a floating-point tensor, got {_describe(x)}")
+    if x.dtype != torch.float64 and x.device.type in _SSDC_DTYPES and torch.is_autocast_enabled(x.device.type):
+        # Autocast does not reach inside a custom op: cast here (differentiably) so it sees one dtype.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias, reduce_weight, reduce_bias = (
+            t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            for t in (x, weight, bias, reduce_weight, reduce_bias))
     if x.dim() not in (4, 5):
         raise ValueError(f"x: expected shape (B, G*C, H, W) or (B, G*C, D, H, W), got {_describe(x)}")
     ndim = x.dim() - 2
@@ -397,9 +406,10 @@ def ssdc(
     negative_slope = _check_slope(negative_slope)
     if x.device.type not in _SSDC_DTYPES:
         raise ValueError(f"x: expected a CPU or CUDA tensor, got a tensor on {x.device}")
-    if x.dtype not in _SSDC_DTYPES[x.device.type]:
+    if x.dtype not in _SSDC_DTYPES[x.device.type] and x.dtype not in (torch.float16, torch.bfloat16):
         allowed = ", ".join(str(d) for d in _SSDC_DTYPES[x.device.type])
-        raise TypeError(f"x: expected one of {allowed} on {x.device.type}, got {_describe(x)}")
+        raise TypeError(f"x: expected one of {allowed} (or float16/bfloat16, computed in float32) on "
+                        f"{x.device.type}, got {_describe(x)}")
     gc = x.shape[1]
     weight = _check_ssdc_tensor(weight, "weight", (gc, channels) + (3,) * ndim, x)
     reduce_weight = _check_ssdc_tensor(
@@ -407,6 +417,11 @@ def ssdc(
     )
     bias = x.new_zeros(gc) if bias is None else _check_ssdc_tensor(bias, "bias", (gc,), x)
     reduce_bias = x.new_zeros(gc) if reduce_bias is None else _check_ssdc_tensor(reduce_bias, "reduce_bias", (gc,), x)
+    if x.dtype not in _SSDC_DTYPES[x.device.type]:
+        # No half-precision kernel on this device: compute in float32, answer in the input's dtype.
+        y = _library.ssdc(x.float().contiguous(), weight.float(), bias.float(), reduce_weight.float(),
+                          reduce_bias.float(), dilations, int(groups), negative_slope)
+        return y.to(x.dtype)
     return _library.ssdc(
         x.contiguous(), weight, bias, reduce_weight, reduce_bias, dilations, int(groups), negative_slope
     )

@@ -4,7 +4,6 @@ semi-convolutional embedding head in physical units (see DESIGN.md, "The model")
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -13,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
+from .ssdc import apply_ssdc, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
 
-_CONV = {2: F.conv2d, 3: F.conv3d}
+__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
 
 
 class RDCNetOutput(NamedTuple):
@@ -40,59 +39,26 @@ def _per_axis(value, ndim: int, name: str, kind=int) -> Tuple:
 
 
 def ssdc_unfused(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope):
-    """The sSDC with framework ops: one grouped 3x3(x3) conv per dilation sharing ``weight``,
-    LeakyReLU, then the grouped 1x1 reduction over the dilation-major stack."""
-    ndim = x.dim() - 2
-    conv = _CONV[ndim]
-    B, GC = x.shape[:2]
-    C = GC // groups
-    outs = [
-        F.leaky_relu(conv(x, weight, bias, padding=d, dilation=d, groups=groups), negative_slope)
-        for d in dilations
-    ]
-    spatial = outs[0].shape[2:]
-    # (B, G, D, C, *S): for each group its D dilations' C channels, dilation-major.
-    stacked = torch.stack([o.reshape(B, groups, C, *spatial) for o in outs], dim=2)
-    stacked = stacked.reshape(B, groups * len(dilations) * C, *spatial)
-    return conv(stacked, reduce_weight, reduce_bias, groups=groups)
-
-
-# ``fused=None`` uses the fused kernel on CUDA only: on CPU it was measured slower than torch's
-# oneDNN convolutions inside the whole model (benchmarks/NOTES.md: paper configuration 0.75× in a
-# 2D training step and 0.76× in 3D inference; 2-2.4× slower at 16-32 channels per group), although
-# it needs 4-6× less memory. ``fused=True`` selects it on CPU too.
-FUSED_BY_DEFAULT_ON_CPU = False
-
-
-@functools.lru_cache(maxsize=None)
-def _fused_ssdc_available(device_type: str) -> bool:
-    try:
-        from rdcnet_ext import ops
-    except ImportError:
-        return False
-    if not hasattr(ops, "ssdc"):
-        return False
-    if device_type == "cuda":
-        import rdcnet_ext
-
-        return bool(getattr(rdcnet_ext, "has_cuda", False))
-    return device_type == "cpu"
+    """The sSDC with framework ops (the ``"chain"`` path of :mod:`rdcnet.ssdc`)."""
+    return ssdc_chain(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope)
 
 
 class SSDC(nn.Module):
     """Shared stacked dilated convolution: per group one 3x3(x3) kernel applied at every dilation
     rate, each result through a LeakyReLU, then a grouped 1x1 reduction back to ``channels``.
 
-    The parameters have the layouts of ``rdcnet_ext.ops.ssdc``, so one checkpoint serves the
-    fused and the unfused path. ``fused=None`` picks the fused op where the extension provides
-    it for the input's device, except on CPU where the unfused oneDNN convolutions are faster
-    (:data:`FUSED_BY_DEFAULT_ON_CPU`); ``fused=True`` forces it (e.g. to save memory)."""
+    The parameters have the layouts of ``rdcnet_ext.ops.ssdc``, so one checkpoint serves every
+    path. ``path`` says how it is computed (:mod:`rdcnet.ssdc`): ``"auto"`` (default) the way
+    measured fastest for the input's device and dtype; ``"chain"``, ``"recompute"`` (framework
+    convs, one dilation's activations at a time: saves memory) or ``"fused"`` (rdcnet_ext's
+    kernel). ``fused=True/False`` is the older spelling of ``path="fused"/"chain"``."""
 
     def __init__(self, ndim: int, groups: int, channels_per_group: int, dilations: Sequence[int],
-                 negative_slope: float = 0.3, fused: Optional[bool] = None):
+                 negative_slope: float = 0.3, fused: Optional[bool] = None, path: Optional[str] = None):
         super().__init__()
         self.ndim, self.groups, self.dilations = ndim, groups, tuple(int(d) for d in dilations)
-        self.negative_slope, self.fused = negative_slope, fused
+        self.negative_slope = negative_slope
+        self.path = requested_path(path, fused)
         C, G, D = channels_per_group, groups, len(self.dilations)
         k = (3,) * ndim
         self.weight = nn.Parameter(torch.empty(G * C, C, *k))
@@ -105,36 +71,28 @@ class SSDC(nn.Module):
             fan_in = w[0].numel()
             nn.init.uniform_(b, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
+    def path_for(self, x: torch.Tensor) -> str:
+        """The path this module takes for input ``x`` (autocast included)."""
+        return choose_ssdc_path(self.path, x.device.type, autocast_dtype(x))
+
     def use_fused(self, x: torch.Tensor) -> bool:
-        if self.fused is False:
-            return False
-        available = _fused_ssdc_available(x.device.type)
-        if self.fused and not available:
-            raise RuntimeError(f"SSDC(fused=True): rdcnet_ext provides no fused sSDC for {x.device} inputs")
-        if self.fused is None and x.device.type == "cpu":
-            return available and FUSED_BY_DEFAULT_ON_CPU
-        return available
+        return self.path_for(x) == "fused"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (x, self.weight, self.bias, self.reduce_weight, self.reduce_bias, self.dilations, self.groups,
-                self.negative_slope)
-        if self.use_fused(x):
-            from rdcnet_ext import ops
-
-            return ops.ssdc(*args)
-        return ssdc_unfused(*args)
+        return apply_ssdc(x, self.weight, self.bias, self.reduce_weight, self.reduce_bias, self.dilations,
+                          self.groups, self.negative_slope, self.path_for(x))
 
 
 class RecurrentBlock(nn.Module):
     """f_theta of Y_i = Y_{i-1} + f_theta(concat(X, Y_{i-1})): spatial dropout → LeakyReLU →
     1x1 conv mixing all groups → LeakyReLU → sSDC."""
 
-    def __init__(self, ndim, in_channels, groups, channels_per_group, dilations, dropout, negative_slope, fused):
+    def __init__(self, ndim, in_channels, groups, channels_per_group, dilations, dropout, negative_slope, ssdc_path):
         super().__init__()
         width = groups * channels_per_group
         self.dropout = (nn.Dropout2d if ndim == 2 else nn.Dropout3d)(dropout) if dropout > 0 else nn.Identity()
         self.mix = (nn.Conv2d if ndim == 2 else nn.Conv3d)(in_channels + width, width, 1)
-        self.ssdc = SSDC(ndim, groups, channels_per_group, dilations, negative_slope, fused)
+        self.ssdc = SSDC(ndim, groups, channels_per_group, dilations, negative_slope, path=ssdc_path)
         self.negative_slope = negative_slope
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -180,8 +138,10 @@ class RDCNet(nn.Module):
         dropout: spatial dropout rate at the block's input.
         negative_slope: LeakyReLU slope.
         spacing: physical pixel size per axis; embeddings are in these units.
-        fused: use rdcnet_ext's fused sSDC (None: on CUDA when the extension has it; on CPU
-            the unfused path, measured faster there; True: always, e.g. to save memory).
+        ssdc_path: how the sSDC is computed (:mod:`rdcnet.ssdc`): ``"auto"`` (default: the way
+            measured fastest for the device and dtype), ``"chain"``, ``"recompute"`` (saves
+            memory with framework convs) or ``"fused"`` (rdcnet_ext's kernel, saves memory).
+        fused: the older switch: True = ``ssdc_path="fused"``, False = ``"chain"``.
 
     ``forward(x)`` takes (B, in_channels, *S) of any spatial size (padded to a multiple of the
     factor, cropped back) and returns an :class:`RDCNetOutput`.
@@ -191,7 +151,8 @@ class RDCNet(nn.Module):
                  factor: Union[int, Sequence[int]] = 4, downsampling_channels: int = 32, groups: int = 8,
                  channels_per_group: int = 64, dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 5,
                  dropout: float = 0.1, negative_slope: float = 0.3,
-                 spacing: Optional[Union[float, Sequence[float]]] = None, fused: Optional[bool] = None):
+                 spacing: Optional[Union[float, Sequence[float]]] = None, fused: Optional[bool] = None,
+                 ssdc_path: Optional[str] = None):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim: expected 2 or 3, got {ndim}")
@@ -219,7 +180,7 @@ class RDCNet(nn.Module):
         self.down = Conv(in_channels, downsampling_channels, k_in, stride=factor,
                          padding=tuple((k - f + 1) // 2 for k, f in zip(k_in, factor)))
         self.block = RecurrentBlock(ndim, downsampling_channels, groups, channels_per_group, dilations, dropout,
-                                    negative_slope, fused)
+                                    negative_slope, requested_path(ssdc_path, fused))
         self._k_out = tuple(max(3, 2 * f) for f in factor)
         self.up = ConvT(width, ndim + n_classes, self._k_out, stride=factor)
         # Small initial offsets: an untrained model embeds every pixel at its own position.
@@ -228,9 +189,10 @@ class RDCNet(nn.Module):
         self.register_buffer("spacing", torch.tensor(spacing, dtype=torch.float32), persistent=False)
 
     @classmethod
-    def from_config(cls, config: Union[dict, RDCNetConfig], fused: Optional[bool] = None) -> "RDCNet":
+    def from_config(cls, config: Union[dict, RDCNetConfig], fused: Optional[bool] = None,
+                    ssdc_path: Optional[str] = None) -> "RDCNet":
         cfg = config.to_dict() if isinstance(config, RDCNetConfig) else dict(config)
-        return cls(**cfg, fused=fused)
+        return cls(**cfg, fused=fused, ssdc_path=ssdc_path)
 
     @property
     def ndim(self) -> int:

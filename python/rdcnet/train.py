@@ -98,8 +98,9 @@ def save_checkpoint(path, model: RDCNet, train_config: Optional[TrainConfig] = N
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path, device="cpu", fused: Optional[bool] = None):
-    """Rebuild a model from a checkpoint. Returns (model in eval mode, PostprocessConfig, raw dict)."""
+def load_checkpoint(path, device="cpu", fused: Optional[bool] = None, ssdc_path: Optional[str] = None):
+    """Rebuild a model from a checkpoint. Returns (model in eval mode, PostprocessConfig, raw dict).
+    ``ssdc_path`` (or the older ``fused``) chooses how the model computes its sSDC (:mod:`rdcnet.ssdc`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
@@ -109,7 +110,7 @@ def load_checkpoint(path, device="cpu", fused: Optional[bool] = None):
         raise ValueError(f"checkpoint: {path} is not an rdcnet checkpoint ({exc})") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint: {path} is not an rdcnet checkpoint (no model_config/state_dict)")
-    model = RDCNet.from_config(ckpt["model_config"], fused=fused).to(device)
+    model = RDCNet.from_config(ckpt["model_config"], fused=fused, ssdc_path=ssdc_path).to(device)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, PostprocessConfig(**ckpt.get("postprocess", {})), ckpt
