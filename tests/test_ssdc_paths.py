@@ -53,8 +53,8 @@ def test_paths_equal_the_chain_in_float64(path, batch, groups, channels, spatial
 
 
 def test_recompute_gradcheck():
-    inputs = block_inputs(1, 2, 2, (5, 6), 2)
-    assert torch.autograd.gradcheck(lambda *t: apply_ssdc(*t, (1, 2), 2, 0.3, "recompute"), inputs)
+    inputs = block_inputs(1, 2, 2, (4, 5), 2)
+    assert torch.autograd.gradcheck(lambda *t: apply_ssdc(*t, (1, 2), 2, 0.3, "recompute"), inputs, fast_mode=True)
 
 
 def test_recompute_skips_gradients_nobody_asked_for():
