@@ -221,6 +221,20 @@ def test_fused_op_under_autocast_casts_to_one_dtype_and_upcasts_where_it_has_no_
         ops.ssdc(inputs[0].detach().bfloat16(), *inputs[1:], (1, 2), 2, 0.3)  # mixed dtypes, no autocast
 
 
+def test_embeddings_and_probabilities_stay_float32_under_autocast():
+    """Positions in bfloat16 would be 4-8 px coarse at a coordinate of 1000: the head adds the
+    coordinates in float32 whatever the autocast dtype."""
+    model = tiny_model().eval()
+    with torch.no_grad():
+        model.up.weight.zero_()
+        model.up.bias.zero_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(torch.randn(1, 1, 8, 6), origin=(1001, 2003))
+    assert out.embeddings.dtype == out.probabilities.dtype == torch.float32
+    want = model.coordinates((8, 6), origin=(1001, 2003))
+    assert torch.equal(out.embeddings[0], want)
+
+
 def test_float64_is_left_alone_under_autocast():
     inputs = block_inputs(1, 1, 4, (6, 7), 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
