@@ -1,4 +1,4 @@
-"""Whole-model benchmarks at the paper's configuration, fused vs unfused sSDC (issue 4):
+"""Whole-model benchmarks at the paper's configuration, per sSDC path (fused, recompute, unfused chain):
 
 - ``model-2d-256-train``: one training step (forward, soft Jaccard + ESJ loss, backward, Adam) of
   RDCNet(8 groups × 64 channels, dilations 1-2-4-8, 5 iterations, factor 4) on two 256² crops
@@ -43,7 +43,7 @@ def _labels(shape, batch):
                                       for i in range(batch)])).long()
 
 
-@pytest.mark.parametrize("impl", ["fused", "unfused"])
+@pytest.mark.parametrize("impl", ["fused", "unfused", "recompute"])
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_model(benchmark, case, device, impl):
@@ -53,7 +53,8 @@ def test_model(benchmark, case, device, impl):
         pytest.skip("no CUDA device or no CUDA build")
     c = CASES[case]
     torch.manual_seed(0)
-    model = RDCNet(c["ndim"], 1, factor=c["factor"], fused=(impl == "fused"), **PAPER).to(device)
+    path = {"fused": "fused", "unfused": "chain", "recompute": "recompute"}[impl]
+    model = RDCNet(c["ndim"], 1, factor=c["factor"], ssdc_path=path, **PAPER).to(device)
     x = torch.randn(c["batch"], 1, *c["shape"], device=device)
     benchmark.group = f"model/{case}/{device}"
     benchmark.extra_info.update(suite="ssdc", ssdc_case=case, passes=c["passes"], impl=impl, device=device,

@@ -214,7 +214,11 @@ class RDCNet(nn.Module):
         crop = tuple(slice((k - f) // 2, (k - f) // 2 + n) for k, f, n in zip(self._k_out, self.config.factor, spatial))
         out = out[(slice(None), slice(None)) + crop]
         offsets, logits = out[:, : self.ndim], out[:, self.ndim:]
-        return RDCNetOutput(offsets + coords.to(offsets.dtype), torch.softmax(logits, dim=1), logits)
+        # Positions need at least float32: under autocast the offsets are bfloat16/float16, whose
+        # steps at a coordinate of 1000 are 4-8 px (bf16) -- far coarser than a nucleus's margin.
+        dtype = torch.promote_types(offsets.dtype, torch.float32)
+        embeddings = offsets.to(dtype) + coords.to(dtype)
+        return RDCNetOutput(embeddings, torch.softmax(logits.to(dtype), dim=1), logits)
 
     def forward(self, x: torch.Tensor, origin: Optional[Sequence[int]] = None, return_all: bool = False,
                 iterations: Optional[int] = None) -> Union[RDCNetOutput, List[RDCNetOutput]]:
