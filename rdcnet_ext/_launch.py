@@ -150,20 +150,16 @@ def assign_to_centres(
     shape = list(mask.shape)
     if centres.shape[0] >= 2**31 - 1:
         raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
-    grid_shape = shape
     if centres.shape[0]:
-        negative = (centres < 0).any(dim=1)
-        if bool(negative.any()):
-            bad = centres[negative][0].tolist()
-            raise ValueError(f"centres: expected pixel indices >= 0, got {bad}")
-        # Centres beyond the image (a chunk of a larger one, rdcnet.large) are allowed: the
-        # centre grid then spans them too, so every centre lies in its cell.
-        top = centres.amax(dim=0).tolist()
-        grid_shape = [max(n, int(t) + 1) for n, t in zip(shape, top)]
+        upper = torch.tensor(shape, device=centres.device)
+        outside = ((centres < 0) | (centres >= upper)).any(dim=1)
+        if bool(outside.any()):
+            bad = centres[outside][0].tolist()
+            raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(shape)}, got {bad}")
     if centres.shape[0] == 0 or mask.numel() == 0:
         return torch.zeros(shape, dtype=torch.int32, device=mask.device)
     labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
-    cells, cell, cell_start, cell_items, tol = _centre_grid(centres, grid_shape, spacing)
+    cells, cell, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing)
     grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, tol)
     max_d2 = math.inf if max_distance is None else float(max_distance) ** 2
     n_cells = math.prod(cells)

@@ -231,24 +231,14 @@ def assign_to_centres(
     centres: Array,
     spacing: Optional[Sequence[float]] = None,
     max_distance: Optional[float] = None,
-    *,
-    allow_outside: bool = False,
 ) -> Array:
     """Instance labels (int32, the image's shape): each masked pixel gets ``k + 1`` for the centre
     ``k`` nearest to its embedding (physical position ``centres[k] * spacing``, Euclidean, ties to
     the lowest ``k``); 0 for background, non-finite embeddings, no centres, or a nearest centre
     farther than ``max_distance``.
-
-    Centres must lie inside the image unless ``allow_outside`` (then any indices >= 0: a chunk of
-    a larger image assigned over global centres, as :mod:`rdcnet.large` does).
     """
     emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
     centres = _check_centres(centres, ndim, emb.device)
-    if not allow_outside and centres.shape[0]:
-        outside = (centres >= torch.tensor(emb.shape[1:], device=centres.device)).any(dim=1)
-        if bool(outside.any()):
-            raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(emb.shape[1:])}, "
-                             f"got {centres[outside][0].tolist()} (allow_outside=True accepts it)")
     spacing = _check_spacing(spacing, ndim)
     max_distance = _check_max_distance(max_distance)
     return _out(_library.call("assign_to_centres", emb, mask, centres, spacing, max_distance), was_numpy)

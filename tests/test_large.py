@@ -113,24 +113,3 @@ def test_numpy_input_and_bad_arguments():
     with pytest.raises(ValueError, match="min_distance"):
         large.embeddings_to_labels(emb, mask, -1.0)
 
-
-def test_assign_accepts_centres_beyond_the_image():
-    """A chunk is assigned over global centres that may lie outside it (rdcnet.large relies on it):
-    the op equals its reference there too."""
-    import torch
-
-    from rdcnet_ext import reference
-
-    rng = np.random.default_rng(5)
-    for spacing in ((1.0, 1.0), (0.7, 1.3)):
-        emb = (rng.random((2, 9, 11)) * 60).astype(np.float32)
-        mask = rng.random((9, 11)) < 0.8
-        centres = rng.integers(0, 50, size=(13, 2))
-        got = ops.assign_to_centres(emb, mask, centres, spacing, max_distance=20.0, allow_outside=True)
-        want = reference.assign_to_centres(torch.from_numpy(emb), torch.from_numpy(mask), torch.from_numpy(centres),
-                                           spacing, 20.0)
-        np.testing.assert_array_equal(got, want.numpy())
-    with pytest.raises(ValueError, match="allow_outside"):
-        ops.assign_to_centres(emb, mask, centres)
-    with pytest.raises(ValueError, match="centres"):
-        ops.assign_to_centres(emb, mask, np.array([[-1, 3]]), allow_outside=True)

@@ -35,7 +35,8 @@ import numpy as np
 from rdcnet_ext import ops
 from rdcnet_ext._geometry import ellipsoid_offsets, peak_window
 
-__all__ = ["vote_histogram", "find_centres", "assign_labels", "embeddings_to_labels"]
+__all__ = ["vote_histogram", "find_centres", "assign_labels", "embeddings_to_labels", "network_outputs",
+           "predict_large", "receptive_radius", "scheduler"]
 
 
 def _dask():
@@ -314,22 +315,59 @@ class _CentreIndex:
         return np.sort(idx[dmin <= bound])
 
 
-def _assign_chunk(emb, mask, index: _CentreIndex, spacing, max_distance) -> np.ndarray:
-    out = np.zeros(mask.shape, np.int32)
+def _nearest(e: np.ndarray, positions: np.ndarray, ids: np.ndarray, max_distance, block: int = 1 << 15):
+    """Labels ``ids[k] + 1`` of the nearest of ``positions`` (ties: the first; ``ids`` ascending)
+    to each embedding ``e`` (ndim, n) float64, or 0 beyond ``max_distance``: the distance of
+    :func:`rdcnet_ext.ops.assign_to_centres`, float64 squares summed over axes in order (the op's
+    centre grid is laid over the image from index 0, too slow for a far chunk's few centres)."""
+    labels = np.empty(e.shape[1], np.int32)
+    for i in range(0, e.shape[1], block):
+        d2 = None
+        for a in range(e.shape[0]):
+            diff = e[a, i:i + block, None] - positions[None, :, a]
+            d2 = diff * diff if d2 is None else d2 + diff * diff
+        k = np.argmin(d2, axis=1)
+        lab = (ids[k] + 1).astype(np.int32)
+        if max_distance is not None:
+            lab[d2[np.arange(k.size), k] > float(max_distance) ** 2] = 0
+        labels[i:i + block] = lab
+    return labels
+
+
+def _assign_chunk(emb, mask, index: _CentreIndex, spacing, max_distance, groups_per_axis: int = 4) -> np.ndarray:
+    """Nearest-centre labels of one chunk. Its pixels are grouped by where their embeddings
+    point (a coarse grid over the chunk's extent), and each group is assigned over only the
+    centres that can be nearest to its embeddings' box: short candidate lists whatever the chunk
+    size, and pixels that point far away form their own groups."""
+    out = np.zeros(mask.size, np.int32)
     if len(index.centres) == 0 or not mask.any():
-        return out
-    e = emb.reshape(emb.shape[0], -1)[:, mask.reshape(-1)].astype(np.float64)
+        return out.reshape(mask.shape)
+    ndim = emb.shape[0]
+    flat = emb.reshape(ndim, -1)
+    pix = np.flatnonzero(mask.reshape(-1))
+    e = flat[:, pix].astype(np.float64)
     finite = np.all(np.isfinite(e), axis=0)
-    if not finite.any():
-        return out
-    e = e[:, finite]
-    cand = index.candidates(e.min(axis=1), e.max(axis=1), max_distance)
-    if cand.size == 0:
-        return out
-    local = ops.assign_to_centres(np.ascontiguousarray(emb, np.float32), mask, index.centres[cand], spacing,
-                                  max_distance, allow_outside=True)
-    lut = np.concatenate([[0], cand + 1]).astype(np.int32)
-    return lut[local]
+    pix, e = pix[finite], e[:, finite]
+    if pix.size == 0:
+        return out.reshape(mask.shape)
+    side = np.array([max(n // groups_per_axis, 1) * sp for n, sp in zip(mask.shape, spacing)], np.float64)
+    cell = np.floor(e / side[:, None])
+    cell -= cell.min(axis=1, keepdims=True)
+    key = np.zeros(pix.size, np.float64)  # float: cells of far outliers may not fit an int64 product
+    for a in range(ndim):
+        key = key * (cell[a].max() + 1) + cell[a]
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], key.size]
+    for s0, s1 in zip(starts, ends):
+        members = order[s0:s1]
+        g = e[:, members]
+        cand = index.candidates(g.min(axis=1), g.max(axis=1), max_distance)
+        if cand.size == 0:
+            continue
+        out[pix[members]] = _nearest(g, index.positions[cand], cand, max_distance)
+    return out.reshape(mask.shape)
 
 
 def _open_chunk(labels, core, region, radius, spacing) -> np.ndarray:
@@ -501,6 +539,33 @@ def network_outputs(model, image, chunks=None, overlap=None, device=None, iterat
     return embeddings, _from_blocks(mask, chunks, bool)
 
 
+def scheduler(spec: Optional[str] = None):
+    """Context in which dask computations run on ``spec``: None keeps the current one (threads,
+    or an active ``dask.distributed.Client``); "threads", "sync" or "processes" pick a local one;
+    an address such as ``tcp://host:8786`` connects a ``dask.distributed.Client`` to a cluster."""
+    import contextlib
+
+    import dask
+
+    if spec is None:
+        return contextlib.nullcontext()
+    if "://" in spec:
+        try:
+            from distributed import Client
+        except ImportError:  # pragma: no cover - part of the large extra
+            raise ImportError("a cluster address needs dask.distributed: pip install 'rdcnet[large]'") from None
+        return Client(spec)
+    if spec not in ("threads", "sync", "processes", "synchronous", "single-threaded"):
+        raise ValueError(f"scheduler: expected threads, sync, processes or a tcp:// address, got {spec!r}")
+    return dask.config.set(scheduler=spec)
+
+
+def _distributed_active() -> bool:
+    import dask
+
+    return dask.config.get("scheduler", None) == "dask.distributed"
+
+
 class _TaskBar:
     """A tqdm bar over the tasks of a dask computation (local schedulers; dask's callbacks)."""
 
@@ -508,6 +573,7 @@ class _TaskBar:
         self.desc, self.enabled = desc, enabled
 
     def __enter__(self):
+        self.enabled = self.enabled and not _distributed_active()  # callbacks run only locally
         if not self.enabled:
             return self
         from dask.callbacks import Callback
