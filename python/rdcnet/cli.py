@@ -95,6 +95,12 @@ def _train_from_config(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from .distributed import launch, without_option
+
+        if args.nproc < 1:
+            raise UsageError(f"--nproc: expected a positive number of processes, got {args.nproc}")
+        return launch(args.nproc, without_option(args.argv, "--nproc"))
     if args.config:
         return _train_from_config(args)
     if not (args.images and args.labels and args.out):
@@ -123,6 +129,9 @@ def cmd_train(args) -> int:
     spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
     factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
     crop = _per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256))
+    import torch
+
+    torch.manual_seed(args.seed)  # the same seed, the same initial weights (on every DDP rank too)
     model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
                    dilations=args.dilations, iterations=args.iterations, spacing=spacing,
                    downsampling_channels=args.downsampling_channels)
@@ -345,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has last.pt")
+    t.add_argument("--nproc", type=int, help="train with DistributedDataParallel on this many processes of this "
+                                             "machine (one GPU each with CUDA; gloo on CPU); same as "
+                                             "'torchrun --nproc-per-node N -m rdcnet train ...'")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="segment images with a trained model",
@@ -418,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs per process
     try:
         return args.func(args)
     except UsageError as exc:
