@@ -315,22 +315,40 @@ class _CentreIndex:
         return np.sort(idx[dmin <= bound])
 
 
-def _nearest(e: np.ndarray, positions: np.ndarray, ids: np.ndarray, max_distance, block: int = 1 << 15):
+def _exact_d2(e: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(n, K) squared distances as :func:`rdcnet_ext.ops.assign_to_centres` defines them: float64
+    squared differences summed over the axes in order."""
+    d2 = None
+    for a in range(e.shape[0]):
+        diff = e[a][:, None] - positions[None, :, a]
+        d2 = diff * diff if d2 is None else d2 + diff * diff
+    return d2
+
+
+def _nearest(e: np.ndarray, positions: np.ndarray, ids: np.ndarray, max_distance, block: int = 1 << 14):
     """Labels ``ids[k] + 1`` of the nearest of ``positions`` (ties: the first; ``ids`` ascending)
-    to each embedding ``e`` (ndim, n) float64, or 0 beyond ``max_distance``: the distance of
-    :func:`rdcnet_ext.ops.assign_to_centres`, float64 squares summed over axes in order (the op's
-    centre grid is laid over the image from index 0, too slow for a far chunk's few centres)."""
-    labels = np.empty(e.shape[1], np.int32)
-    for i in range(0, e.shape[1], block):
+    to each embedding ``e`` (ndim, n) float64, or 0 beyond ``max_distance``, exactly as the op
+    decides. A KD-tree finds the two nearest; where they are closer than rounding could separate,
+    the op's distances decide between all candidates."""
+    from scipy.spatial import cKDTree
+
+    n = e.shape[1]
+    if len(positions) == 1:
+        best = np.zeros(n, np.int64)
+    else:
+        dist, near = cKDTree(positions).query(e.T, k=2)
+        best = near[:, 0].astype(np.int64)
+        unsure = np.flatnonzero(dist[:, 1] - dist[:, 0] <= _SLACK * (1.0 + dist[:, 1]))
+        for i in range(0, unsure.size, block):
+            rows = unsure[i:i + block]
+            best[rows] = np.argmin(_exact_d2(e[:, rows], positions), axis=1)  # first minimum: lowest id
+    labels = (ids[best] + 1).astype(np.int32)
+    if max_distance is not None:
         d2 = None
         for a in range(e.shape[0]):
-            diff = e[a, i:i + block, None] - positions[None, :, a]
+            diff = e[a] - positions[best, a]
             d2 = diff * diff if d2 is None else d2 + diff * diff
-        k = np.argmin(d2, axis=1)
-        lab = (ids[k] + 1).astype(np.int32)
-        if max_distance is not None:
-            lab[d2[np.arange(k.size), k] > float(max_distance) ** 2] = 0
-        labels[i:i + block] = lab
+        labels[d2 > float(max_distance) ** 2] = 0
     return labels
 
 
