@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from bench_setup import CASES, prepare
+from bench_setup import prepare
 
 da = pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")

@@ -3,7 +3,6 @@ on a cluster (dask.distributed), and its memory bound."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap

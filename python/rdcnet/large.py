@@ -644,7 +644,6 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
     import shutil
     import tempfile
 
-    import dask
     import dask.array as da
     import zarr
 

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-import numpy as np
 
 __all__ = ["open_image", "write_ome_zarr_labels", "is_zarr_path"]
 
