@@ -95,6 +95,12 @@ def _train_from_config(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from .distributed import launch, without_option
+
+        if args.nproc < 1:
+            raise UsageError(f"--nproc: expected a positive number of processes, got {args.nproc}")
+        return launch(args.nproc, without_option(args.argv, "--nproc"))
     if args.config:
         return _train_from_config(args)
     if not (args.images and args.labels and args.out):
@@ -123,6 +129,9 @@ def cmd_train(args) -> int:
     spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
     factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
     crop = _per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256))
+    import torch
+
+    torch.manual_seed(args.seed)  # the same seed, the same initial weights (on every DDP rank too)
     model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
                    dilations=args.dilations, iterations=args.iterations, spacing=spacing,
                    downsampling_channels=args.downsampling_channels)
@@ -147,7 +156,45 @@ def _output_path(out: Path, image: Path, single: bool) -> Path:
     return out / (image.stem + ".tif")
 
 
+def _is_large_request(args) -> bool:
+    """OME-Zarr in or out, or chunked options: the chunked path (rdcnet.large)."""
+    from .ngff import is_zarr_path
+
+    return (is_zarr_path(args.input) or str(args.out).lower().rstrip("/").endswith(".zarr")
+            or args.chunks is not None or args.scheduler is not None)
+
+
+def _predict_large(args) -> int:
+    from .large import predict_large, scheduler
+    from .train import load_checkpoint
+
+    inp = Path(args.input)
+    if not inp.exists():
+        raise UsageError(f"input: no such file or folder: {inp}")
+    if inp.is_dir() and not (inp.suffix.lower() == ".zarr" or (inp / "zarr.json").is_file()
+                             or (inp / ".zgroup").is_file() or (inp / ".zarray").is_file()):
+        raise UsageError(f"input: a folder of images is segmented one by one; give an OME-Zarr, a TIFF or "
+                         f"drop --chunks/--scheduler and the .zarr output ({inp})")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".zarr", ".tif", ".tiff"):
+        raise UsageError(f"--out: expected a .zarr (OME-Zarr labels) or .tif path for a large image, got {out}")
+    model, post, _ = load_checkpoint(args.model, device="cpu")
+    for name in ("min_distance", "min_votes", "opening_radius"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(post, name, value)
+    ndim = model.config.ndim
+    with scheduler(args.scheduler):
+        _, centres = predict_large(model, inp, out, post, chunks=_per_axis(args.chunks, ndim, "chunks"),
+                                   overlap=_per_axis(args.overlap, ndim, "overlap"), device=args.device,
+                                   workdir=args.workdir)
+    print(f"{inp} -> {out}: {len(centres)} objects")
+    return 0
+
+
 def cmd_predict(args) -> int:
+    if _is_large_request(args):
+        return _predict_large(args)
     from tqdm.auto import tqdm
 
     from .data import read_image, write_labels
@@ -307,13 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has last.pt")
+    t.add_argument("--nproc", type=int, help="train with DistributedDataParallel on this many processes of this "
+                                             "machine (one GPU each with CUDA; gloo on CPU); same as "
+                                             "'torchrun --nproc-per-node N -m rdcnet train ...'")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="segment images with a trained model",
                        description="Segment a TIFF/PNG image or a folder of them; writes TIFF label images "
                                    "(one per input, same file stem) into --out.")
-    r.epilog = ("example: rdcnet predict images/ --model runs/nuclei/best.pt --out labels/ "
-                "(3D stacks and RGB images alike; --tile 512 for very large 2D images)")
+    r.epilog = ("examples: rdcnet predict images/ --model runs/nuclei/best.pt --out labels/ "
+                "(3D stacks and RGB images alike; --tile 512 for very large 2D images) | "
+                "rdcnet predict big.ome.zarr --model best.pt --out labels.ome.zarr --chunks 64,512,512 "
+                "[--scheduler tcp://host:8786]")
     r.add_argument("input", help="image file or folder")
     r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo'")
     r.add_argument("--out", required=True, help="output folder, or a .tif path for a single input")
@@ -321,7 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-distance", type=float, help="peak window half-size (default: the training margin)")
     r.add_argument("--min-votes", type=int, help="minimum votes of a centre (default: from the checkpoint)")
     r.add_argument("--opening-radius", type=float, help="label-wise opening radius (default: from the checkpoint)")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or auto (large images: each dask worker "
+                                                   "uses its own GPU with auto)")
+    large = r.add_argument_group("large images (OME-Zarr/TIFF, chunked; exact: equals whole-image decoding)")
+    large.add_argument("--chunks", type=_ints, help="chunk size per axis for the chunked path (default: 1024 in "
+                                                    "2D, 64,512,512 in 3D); implied by a .zarr input or output")
+    large.add_argument("--overlap", type=_ints, help="pixels each chunk is grown by for the network "
+                                                     "(default: the receptive field)")
+    large.add_argument("--scheduler", help="dask scheduler: threads (default), sync, processes, or a "
+                                           "dask.distributed address tcp://host:port")
+    large.add_argument("--workdir", help="folder for intermediate embeddings (default: a temporary folder "
+                                         "beside --out, removed at the end)")
     r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="compare predicted labels with ground truth",
@@ -368,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs per process
     try:
         return args.func(args)
     except UsageError as exc:

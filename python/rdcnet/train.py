@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ._files import atomic_write
+from .distributed import Context, state_for
 from .losses import RDCNetLoss
 from .model import RDCNet, RDCNetConfig
 from .postprocess import PostprocessConfig, labels_from_output
@@ -267,6 +268,9 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     if not isinstance(model, RDCNet):
         model = RDCNet.from_config(model)
     device = _device(config.device)
+    ctx = Context.from_env(device)  # torchrun: one rank of a DistributedDataParallel job
+    device = ctx.device(device)
+    progress = progress and ctx.is_main
     model.to(device)
     if len(config.crop) != model.config.ndim:
         raise ValueError(f"crop: expected {model.config.ndim} sizes, got {config.crop}")
@@ -279,7 +283,9 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=config.lr_min)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(ctx.seed(config.seed))
+    if ctx.active:
+        torch.manual_seed(ctx.seed(config.seed))  # distinct dropout per rank; weights come from rank 0
     history: List[dict] = []
     best_f1, start_epoch = -1.0, 0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -294,11 +300,15 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         scheduler.load_state_dict(ckpt["scheduler"])
         rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
+        if ctx.active and ckpt.get("numpy_rng_ranks") and len(ckpt["numpy_rng_ranks"]) == ctx.world:
+            rng.bit_generator.state = ckpt["numpy_rng_ranks"][ctx.rank]
+            torch.set_rng_state(ckpt["torch_rng_ranks"][ctx.rank])
         history, best_f1, start_epoch = ckpt["history"], ckpt["best_f1"], ckpt["epoch"] + 1
         if progress:
             print(f"resuming from {last_path} after epoch {start_epoch} (best F1@0.5 {best_f1:.3f})", file=sys.stderr)
 
     sampler = _Sampler(train_images, train_labels, config.crop, config.augment, model.config.ndim, rng)
+    net = ctx.wrap(model)  # DDP averages the gradients of all ranks
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -307,7 +317,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                    disable=not progress, unit="step", mininterval=1.0)
         for _ in bar:
             x, y = sampler.batch(config.batch_size)
-            loss, parts = loss_fn(model(x.to(device)), y.to(device))
+            loss, parts = loss_fn(net(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -319,6 +329,10 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         n = max(config.steps_per_epoch, 1)
         row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,
                "train_embedding_loss": sums["embedding"] / n}
+        ranks_state = state_for(ctx, rng.bit_generator.state, torch.get_rng_state())
+        if not ctx.is_main:  # rank 0 validates and writes; the others wait for the checkpoints
+            ctx.barrier()
+            continue
         row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device))
         row["lr"] = scheduler.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - t0
@@ -327,15 +341,20 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         best_f1 = max(best_f1, row["val_f1"])
         state = dict(epoch=epoch, history=history, best_f1=best_f1, optimizer=optimizer.state_dict(),
                      scheduler=scheduler.state_dict(), numpy_rng=rng.bit_generator.state,
-                     torch_rng=torch.get_rng_state())
+                     torch_rng=torch.get_rng_state(), **(ranks_state or {}))
         if improved:
             save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1)
         save_checkpoint(last_path, model, config, **state)
         _write_log(out_dir, history)
+        ctx.barrier()
         if progress:
             print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
                   f"val loss {row['val_loss']:.4f} val F1@0.5 {row['val_f1']:.3f}"
                   f"{' (best)' if improved else ''} [{row['seconds']:.1f} s]", file=sys.stderr)
+    if not ctx.is_main:
+        ctx.barrier()  # until rank 0 has tuned and written best.pt
+        ctx.close()
+        return TrainResult(best_path, last_path, history, best_f1)
     if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
         save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
     elif config.tune_postprocess and start_epoch < config.epochs:
@@ -348,4 +367,6 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         extra = {k: ckpt[k] for k in ("epoch", "history", "best_f1") if k in ckpt}
         save_checkpoint(best_path, best_model, dataclasses.replace(config, postprocess=tuned), **extra,
                         postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1})
+    ctx.barrier()
+    ctx.close()
     return TrainResult(best_path, last_path, history, best_f1)

@@ -61,20 +61,38 @@ def normalize_image(
     if x.size == 0:
         raise ValueError(f"cannot normalise an empty image of shape {np.shape(image)}")
     x = np.array(x, dtype=np.float32, order="C", copy=True)
+    apply_normalization(x, normalization_ranges(x, low=low, high=high))
+    return x
+
+
+def normalization_ranges(x: np.ndarray, *, low: float = 1.0, high: float = 99.8) -> list:
+    """Per channel of a float32 ``(C, *spatial)`` array, the ``(offset, scale)`` that
+    :func:`normalize_image` uses (``None`` for a channel without finite values). Large images
+    compute them once on a sample and normalise chunk by chunk with :func:`apply_normalization`."""
     flat = x.reshape(x.shape[0], -1)
     has_nan = not np.all(np.isfinite(flat))
     pct = np.nanpercentile if has_nan else np.percentile
+    ranges = []
     for c in range(flat.shape[0]):
         ch = flat[c]
         if has_nan and not np.any(np.isfinite(ch)):
+            ranges.append(None)
             continue
         lo, hi = (float(v) for v in pct(ch, [low, high]))
         scale = hi - lo
         if not scale > 0:
             mn, mx = (float(np.nanmin(ch)), float(np.nanmax(ch)))
             scale = mx - mn if mx > mn else 1.0
-        ch -= lo
-        ch *= np.float32(1.0 / scale)
+        ranges.append((lo, scale))
+    return ranges
+
+
+def apply_normalization(x: np.ndarray, ranges: list) -> np.ndarray:
+    """Normalise a float32 ``(C, *spatial)`` array in place with :func:`normalization_ranges`."""
+    for ch, r in zip(x, ranges):
+        if r is not None:
+            ch -= r[0]
+            ch *= np.float32(1.0 / r[1])
     return x
 
 

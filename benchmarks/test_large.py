@@ -1,0 +1,131 @@
+"""Chunked post-processing (rdcnet.large) against the whole-array op, and its throughput on a
+zarr volume on disk.
+
+- ``large/<case>``: :func:`rdcnet_ext.ops.embeddings_to_labels` on the whole 3D case versus
+  :func:`rdcnet.large.embeddings_to_labels` on the same arrays in chunks (dask threaded
+  scheduler), with the peak resident memory each adds above what was resident before the call
+  (``extra_info["peak_rss_mb"]``, sampled every 5 ms) and a check that the labels are equal.
+- ``large-zarr``: the chunked path on a volume of embeddings stored as zarr on disk (the 3D case
+  tiled ``RDCNET_BENCH_LARGE_TILES`` times along y and x with global coordinates, default 2x2),
+  labels written back to zarr; ``extra_info["mvoxel_per_s"]``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bench_setup import prepare
+
+da = pytest.importorskip("dask.array")
+zarr = pytest.importorskip("zarr")
+psutil = pytest.importorskip("psutil")
+
+from rdcnet import large  # noqa: E402
+from rdcnet_ext import ops  # noqa: E402
+
+CHUNKS = {"2d": (1024, 1024), "3d": (32, 256, 256)}
+TILES = int(os.environ.get("RDCNET_BENCH_LARGE_TILES", "2"))
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled in a thread."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.mb = (self.peak - self.base) / 2**20
+        return False
+
+
+def _params(case):
+    return dict(min_distance=case.min_distance, spacing=case.spacing, min_votes=case.min_votes,
+                smooth_radius=1, opening_radius=case.opening_radius)
+
+
+@pytest.mark.parametrize("impl", ["whole", "chunked"])
+def test_chunked_vs_whole(benchmark, impl):
+    p = prepare("3d")
+    case = p.case
+    emb, mask = p.field.embeddings, p.field.mask
+    params = _params(case)
+    if impl == "whole":
+        def run():
+            return ops.embeddings_to_labels(emb, mask, **params)
+    else:
+        e = da.from_array(emb, chunks=(3,) + CHUNKS["3d"])
+        m = da.from_array(mask, chunks=CHUNKS["3d"])
+
+        def run():
+            labels, _ = large.embeddings_to_labels(e, m, **params)
+            return labels.compute()
+    benchmark.group = "large/3d"
+    with PeakRSS() as rss:
+        out = run()
+    result = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
+    same = bool(np.array_equal(result, ops.embeddings_to_labels(emb, mask, **params))) if impl == "chunked" else True
+    benchmark.extra_info.update(case=case.name, shape=list(case.shape), impl=impl, chunks=list(CHUNKS["3d"]),
+                                peak_rss_mb=round(rss.mb, 1), equal_to_whole=same, objects=int(out.max()))
+    assert same
+
+
+def test_chunked_zarr_throughput(benchmark):
+    p = prepare("3d")
+    case = p.case
+    emb, mask = p.field.embeddings, p.field.mask
+    shape = (case.shape[0], case.shape[1] * TILES, case.shape[2] * TILES)
+    work = tempfile.mkdtemp(prefix="rdcnet-bench-", dir=os.environ.get("RDCNET_BENCH_TMP"))
+    try:
+        z_emb = zarr.open_array(f"{work}/emb.zarr", mode="w", shape=(3,) + shape, chunks=(3,) + CHUNKS["3d"],
+                                dtype=np.float32, zarr_format=3)
+        z_mask = zarr.open_array(f"{work}/mask.zarr", mode="w", shape=shape, chunks=CHUNKS["3d"], dtype=bool,
+                                 zarr_format=3)
+        sp = np.asarray(case.spacing, np.float32).reshape(3, 1, 1, 1)
+        for ty in range(TILES):
+            for tx in range(TILES):
+                off = np.array([0, ty * case.shape[1], tx * case.shape[2]], np.float32).reshape(3, 1, 1, 1)
+                ys, xs = slice(ty * case.shape[1], (ty + 1) * case.shape[1]), slice(tx * case.shape[2],
+                                                                                  (tx + 1) * case.shape[2])
+                z_emb[:, :, ys, xs] = emb + off * sp  # the same objects, at their global place
+                z_mask[:, ys, xs] = mask
+        e, m = da.from_zarr(z_emb), da.from_zarr(z_mask)
+        params = _params(case)
+
+        def run():
+            labels, centres = large.embeddings_to_labels(e, m, **params)
+            out = zarr.open_array(f"{work}/labels.zarr", mode="w", shape=shape, chunks=CHUNKS["3d"],
+                                  dtype=np.int32, zarr_format=3)
+            da.store(labels, out, lock=False)
+            return len(centres)
+
+        benchmark.group = "large-zarr"
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            n = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+            seconds = time.perf_counter() - t0
+        voxels = int(np.prod(shape))
+        benchmark.extra_info.update(shape=list(shape), chunks=list(CHUNKS["3d"]), objects=n,
+                                    mvoxel_per_s=round(voxels / seconds / 1e6, 2), peak_rss_mb=round(rss.mb, 1),
+                                    disk_gb=round(sum(f.stat().st_size for f in __import__("pathlib").Path(work)
+                                                      .rglob("*") if f.is_file()) / 1e9, 2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
