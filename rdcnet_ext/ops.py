@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import _library
+from ._geometry import ball_halo
 from ._launch import CudaNotBuiltError
 
 __all__ = [
@@ -110,20 +111,28 @@ def _check_mask(mask: torch.Tensor, shape, name: str = "mask") -> torch.Tensor:
 def _check_spacing(spacing, ndim: int) -> list[float]:
     if spacing is None:
         return [1.0] * ndim
-    if isinstance(spacing, (numbers.Real, torch.SymFloat)) and not isinstance(spacing, bool):
-        values = [spacing if isinstance(spacing, torch.SymFloat) else float(spacing)] * ndim
+    if isinstance(spacing, (numbers.Real, torch.SymFloat)) and not isinstance(spacing, (bool, np.bool_)):
+        values = [_to_float(spacing, "spacing", "positive values")] * ndim
     else:
         if isinstance(spacing, (torch.Tensor, np.ndarray)):
             spacing = spacing.tolist()
-        try:
-            values = [s if isinstance(s, (torch.SymFloat, torch.SymInt)) else float(s) for s in spacing]
-        except (TypeError, ValueError):
-            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {spacing!r}") from None
+        if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__iter__"):
+            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {_describe(spacing)}")
+        items = list(spacing)
+        if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Real, torch.SymFloat, torch.SymInt))
+               for s in items):
+            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {spacing!r}")
+        values = [_to_float(s, "spacing", "positive values") for s in items]
         if len(values) != ndim:
             raise ValueError(f"spacing: expected {ndim} values (one per spatial axis), got {len(values)}: {spacing!r}")
-    if not all(not _is_bad_float(s) and s > 0 for s in values):
-        raise ValueError(f"spacing: expected positive finite values, got {values}")
+    if not all(not _is_bad_float(s) and _MIN_SPACING <= s <= _MAX_SPACING for s in values):
+        raise ValueError(f"spacing: expected positive values from 1e-100 to 1e100 (physical pixel sizes), got {values}")
     return values
+
+
+# Any unit system's pixel sizes lie far inside this range; beyond it, squared physical distances
+# (float64) would overflow or lose precision to underflow.
+_MIN_SPACING, _MAX_SPACING = 1e-100, 1e100
 
 
 def _is_bad_float(v, allow_inf: bool = False) -> bool:
@@ -132,22 +141,39 @@ def _is_bad_float(v, allow_inf: bool = False) -> bool:
     return v != v or (not allow_inf and (v == math.inf or v == -math.inf))
 
 
+def _to_float(value, name: str, what: str):
+    """float(value), or the symbolic value itself while tracing; a clear error for ints beyond
+    float's range (float() raises OverflowError there)."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected {what}, got an integer beyond the floating-point range") from None
+
+
 def _check_number(value, name: str, *, minimum: float, strict: bool, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"{name}: expected a number, got {_describe(value)}")
-    v = value if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
+    v = _to_float(value, name, "a finite number")
     if _is_bad_float(v, allow_inf) or v < minimum or (strict and v == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
     return v
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _check_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """A non-negative integer that fits the kernels' int64 (values that large are meaningless
+    for every integer argument of the ops, so beyond it is an error rather than a clip)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {_describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value}")
-    return int(value)
+    value = int(value)
+    if value < 0 or value > _INT64_MAX:
+        raise ValueError(f"{name}: expected an integer from 0 to 2**63 - 1, got {value}")
+    return value
 
 
 def _embeddings_and_mask(embeddings, mask):
@@ -261,12 +287,48 @@ def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float
     _same_device(labels=labels)
     radius = _check_number(radius, "radius", minimum=0.0, strict=True)
     spacing = _check_spacing(spacing, labels.dim())
+    _check_ball_size(radius, spacing, labels.shape, "radius")
     dtype = labels.dtype
     work = labels if dtype in _KERNEL_LABEL_DTYPES else labels.to(torch.int64)
     out = _library.call("label_opening", work.contiguous(), radius, spacing)
     if was_numpy:
         return out.numpy().astype(numpy_dtype, copy=False)
     return out.to(dtype)
+
+
+# Work allowed for a ball that reaches beyond the image: the cost of the largest ball that fits,
+# or 2**30 pixel operations, whichever is larger.
+_OPENING_MIN_BUDGET = 2**30
+
+
+def _check_ball_size(radius: float, spacing: list[float], shape, name: str) -> None:
+    """Refuses an opening ball that reaches beyond the image and costs more than a ball filling it.
+
+    Such a ball cannot be clipped to the image without changing the result. With the outside
+    counting as the same label, a pixel keeps its label iff some translate of the ball contains
+    it and meets no other label inside the image; translates centred far outside the image cut
+    it along arcs of the ball's surface, so the result depends on the ball's curvature up to
+    radii of about the image size squared (an 8x8 image opened by radius 9.5 px, or a 6x6 by
+    14 px, changes when the ball is clipped to twice the image). The cost is the erosion
+    buffer (image plus the ball's halo on each side) times the ball's volume.
+    """
+    if any(isinstance(v, (torch.SymFloat, torch.SymInt)) for v in (radius, *spacing)):
+        return  # tracing: checked again when the op runs
+    halo = ball_halo(radius, spacing)
+    if all(h <= max(n - 1, 0) for h, n in zip(halo, shape)) or 0 in shape:
+        return
+    work = math.prod(n + 2 * h for n, h in zip(shape, halo)) * math.prod(2 * h + 1 for h in halo)
+    budget = max(_OPENING_MIN_BUDGET, math.prod(3 * n - 2 for n in shape) * math.prod(2 * n - 1 for n in shape))
+    if work > budget:
+        fits = min(n * s for n, s in zip(shape, spacing))
+        reach = tuple(halo) if max(halo) < 10**15 else "more than 1e15"
+        cost = f"{float(work):.1e}" if work < 10**300 else "more than 1e300"
+        raise ValueError(
+            f"{name}: a ball of radius {radius} at spacing {tuple(spacing)} reaches {reach} pixels per "
+            f"axis, beyond the image of shape {tuple(shape)}, and would cost about {cost} pixel "
+            f"operations (more than {float(budget):.1e}, a ball filling the image); it cannot be clipped to "
+            f"the image without changing the result. Use a radius below {fits:g} (the balls that fit the image)"
+        )
 
 
 def embeddings_to_labels(
@@ -291,6 +353,7 @@ def embeddings_to_labels(
     max_distance = _check_max_distance(max_distance)
     if opening_radius is not None:
         opening_radius = _check_number(opening_radius, "opening_radius", minimum=0.0, strict=True)
+        _check_ball_size(opening_radius, spacing, emb.shape[1:], "opening_radius")
     labels = _library.call("embeddings_to_labels", 
         emb, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius
     )
@@ -305,6 +368,7 @@ _SSDC_DTYPES = {
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 _SSDC_MAX_DILATIONS = 16
+_MAX_DILATION = 2**31 - 1  # beyond any image axis (the kernels read zeros past the border)
 
 
 def _check_dilations(dilations) -> list[int]:
@@ -322,8 +386,8 @@ def _check_dilations(dilations) -> list[int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
             raise TypeError(f"dilations: expected integers, got {values!r}")
-        if v < 1:
-            raise ValueError(f"dilations: expected integers >= 1, got {values!r}")
+        if not 1 <= v <= _MAX_DILATION:
+            raise ValueError(f"dilations: expected integers from 1 to 2**31 - 1, got {values!r}")
     return [v if isinstance(v, torch.SymInt) else int(v) for v in values]
 
 
@@ -387,6 +451,8 @@ def ssdc(
         raise TypeError(f"groups: expected an integer, got {_describe(groups)}")
     if groups < 1:
         raise ValueError(f"groups: expected an integer >= 1, got {groups}")
+    if groups > max(x.shape[1], 1):
+        raise ValueError(f"groups: expected at most the number of channels of x ({x.shape[1]}), got {groups}")
     if x.shape[1] == 0 or x.shape[1] % groups != 0:
         raise ValueError(f"x: expected a positive number of channels divisible by groups ({groups}), got {_describe(x)}")
     if any(n >= 2**31 for n in x.shape[2:]):
@@ -418,9 +484,9 @@ def ssdc(
 
 
 def _check_slope(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"negative_slope: expected a number, got {_describe(value)}")
-    v = value if isinstance(value, torch.SymFloat) else float(value)
+    v = _to_float(value, "negative_slope", "a finite number")
     if _is_bad_float(v):
         raise ValueError(f"negative_slope: expected a finite number, got {value!r}")
     return v

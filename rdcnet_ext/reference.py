@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._geometry import ellipsoid_offsets, peak_window
+from ._geometry import box_radius, ellipsoid_offsets, peak_window
 
 __all__ = [
     "hough_votes",
@@ -111,8 +111,8 @@ def find_peaks(
     """
     ndim = votes.ndim
     spacing = [1.0] * ndim if spacing is None else [float(x) for x in spacing]
-    window = peak_window(min_distance, spacing)
-    score = box_sum(votes, smooth_radius)
+    window = peak_window(min_distance, spacing, votes.shape)
+    score = box_sum(votes, box_radius(smooth_radius, votes.shape))
     n = score.numel()
     # One int64 key orders pixels by (score, earlier in row-major order); p is a peak iff it holds
     # the largest key in its window. The window maximum of keys is separable over axes.
@@ -166,7 +166,7 @@ def assign_to_centres(
         best, k = torch.min(d2, dim=1)  # ties: first (lowest) k
         lab = (k + 1).to(torch.int32)
         if max_distance is not None:
-            lab = torch.where(best <= float(max_distance) ** 2, lab, torch.zeros_like(lab))
+            lab = torch.where(best <= float(max_distance) * float(max_distance), lab, torch.zeros_like(lab))
         labels[idx] = lab
     return labels.reshape(shape)
 
