@@ -9,7 +9,9 @@ the main input was a NumPy array. Semantics are defined by the references in
 
 Images have ``ndim`` = 2 or 3 spatial axes. Embeddings are ``(ndim, *spatial)`` in physical
 units (floating point; computed in float32), ``spacing`` is the physical pixel size per axis (a
-number or ``ndim`` numbers; default 1).
+number or ``ndim`` numbers from 1e-100 to 1e100; default 1). Spacings, distances and radii are
+taken as the decimals they are written as (``0.1`` is 1/10) wherever a window or ball is derived
+from them (:mod:`rdcnet_ext._geometry`).
 
 Example::
 
@@ -224,7 +226,9 @@ def find_peaks(
     A pixel is a centre if its score (votes summed over a box of ``+-smooth_radius`` pixels) is at
     least ``min_votes`` and strictly the highest within ``floor(min_distance / spacing_a)``
     pixels per axis (equal scores: the first in row-major order wins). Centres are therefore more
-    than one window apart.
+    than one window apart. The window is computed exactly on the decimal values (0.3 / 0.1 is 3);
+    windows and boxes wider than the image are clipped to it, which changes nothing.
+    ``min_votes`` and ``smooth_radius`` must fit in int64.
     """
     votes, was_numpy = _check_votes(votes)
     min_distance = _check_number(min_distance, "min_distance", minimum=0.0, strict=False)
@@ -275,7 +279,11 @@ def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float
 
     A pixel keeps its label iff it lies in the opening of its label's set; pixels outside the
     image count as the same label, so objects touching the border are not shaved. Labels are
-    never merged, grown or moved; removed pixels become 0.
+    never merged, grown or moved; removed pixels become 0. The ball holds the offsets ``o`` with
+    ``sum_a (o_a * spacing_a)**2 <= radius**2``, decided exactly on the decimal values (surface
+    points included). A ball reaching beyond the image gives the exact result too, but one that
+    would cost more than a ball filling the image (or 2**30 pixel operations) raises
+    ``ValueError``: it cannot be clipped to the image without changing the result.
     """
     was_numpy = isinstance(labels, np.ndarray)
     numpy_dtype = labels.dtype if was_numpy else None
@@ -308,9 +316,10 @@ def _check_ball_size(radius: float, spacing: list[float], shape, name: str) -> N
     counting as the same label, a pixel keeps its label iff some translate of the ball contains
     it and meets no other label inside the image; translates centred far outside the image cut
     it along arcs of the ball's surface, so the result depends on the ball's curvature up to
-    radii of about the image size squared (an 8x8 image opened by radius 9.5 px, or a 6x6 by
-    14 px, changes when the ball is clipped to twice the image). The cost is the erosion
-    buffer (image plus the ball's halo on each side) times the ball's volume.
+    radii of about the image size squared. E.g. random labels on 8x8 opened by radius 9.5 px
+    change when the ball is clipped to offsets |o_a| < 8, and on 6x6 by radius 14 px when it
+    is clipped to |o_a| <= 10. The cost is the erosion buffer (image plus the ball's halo on
+    each side) times the ball's volume.
     """
     if any(isinstance(v, (torch.SymFloat, torch.SymInt)) for v in (radius, *spacing)):
         return  # tracing: checked again when the op runs

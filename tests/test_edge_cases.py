@@ -610,13 +610,13 @@ def test_huge_windows_and_boxes_are_clipped_without_changing_the_result(shape, s
     assert ops.find_peaks(votes, 1.0, 2**63 - 1, spacing).shape == (0, len(shape))
 
 
-def opening_by_definition(labels: torch.Tensor, radius, spacing) -> torch.Tensor:
+def opening_by_definition(labels: torch.Tensor, radius, spacing, offsets=None) -> torch.Tensor:
     """DESIGN.md's label_opening read literally, as an oracle independent of the reference's
     padding: p keeps l iff some translate q + B (q anywhere, also outside the image) contains p
-    and all of its in-image pixels have label l."""
+    and all of its in-image pixels have label l. ``offsets`` replaces the ball B if given."""
     from rdcnet_ext._geometry import ellipsoid_offsets
 
-    offsets = ellipsoid_offsets(radius, spacing).long()
+    offsets = (ellipsoid_offsets(radius, spacing) if offsets is None else offsets).long()
     halo = offsets.abs().amax(dim=0)
     table = torch.zeros([int(2 * h + 1) for h in halo], dtype=torch.bool)
     table[tuple((offsets + halo).T)] = True
@@ -667,3 +667,21 @@ def test_opening_balls_far_beyond_the_image_are_refused_early(shape, spacing, ra
     emb = torch.zeros((len(shape), *shape))
     with pytest.raises(ValueError, match=r"^opening_radius: "):
         ops.embeddings_to_labels(emb, labels.bool(), 1.0, spacing, opening_radius=radius)
+
+
+def test_clipping_a_ball_beyond_the_image_would_change_the_result():
+    # Why label_opening does not clip balls to the image: translates centred outside the image
+    # cut it along the ball's curved surface. Random labels on 8x8, radius 9.5 px.
+    from rdcnet_ext._geometry import ellipsoid_offsets
+
+    ball = ellipsoid_offsets(9.5, (1.0, 1.0))
+    clipped = ball[(ball.abs() <= 7).all(dim=1)]
+    changed = 0
+    for seed in range(40):
+        labels = torch.from_numpy((np.random.default_rng(seed).random((8, 8)) < 0.85).astype(np.int32))
+        out = ops.label_opening(labels, 9.5)
+        assert_equal(out, opening_by_definition(labels, 9.5, (1.0, 1.0)), f"seed {seed}")
+        changed += not torch.equal(out, opening_by_definition(labels, 9.5, None, clipped))
+        if changed:
+            break
+    assert changed, "no example found where the clipped ball differs"
