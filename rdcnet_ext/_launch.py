@@ -25,7 +25,7 @@ except ImportError as err:  # pragma: no cover - depends on how Python was start
         "shadowing it (e.g. `python -m pytest` run from the repository root puts the root on "
         "sys.path): run `pytest` instead, or from another directory."
     ) from err
-from ._geometry import box_radius, ellipsoid_offsets, peak_window
+from ._geometry import box_radius, check_ball_size, ellipsoid_offsets, peak_window
 
 HAS_CUDA: bool = bool(_C.has_cuda)
 
@@ -190,8 +190,9 @@ def _strides(shape: Sequence[int]) -> torch.Tensor:
     return torch.tensor(strides[::-1], dtype=torch.int64)
 
 
-def label_opening(labels: torch.Tensor, radius: float, spacing: Sequence[float]) -> torch.Tensor:
+def label_opening(labels: torch.Tensor, radius: float, spacing: Sequence[float], name: str = "radius") -> torch.Tensor:
     shape = list(labels.shape)
+    check_ball_size(radius, spacing, shape, name)
     offsets = ellipsoid_offsets(radius, spacing)
     # Nearest offsets first (origin first): early exits in the kernel's dilation test.
     order = torch.argsort((offsets.to(torch.int64) ** 2).sum(dim=1), stable=True)
@@ -222,6 +223,8 @@ def embeddings_to_labels(
     max_distance: Optional[float],
     opening_radius: Optional[float],
 ) -> torch.Tensor:
+    if opening_radius:
+        check_ball_size(opening_radius, spacing, list(mask.shape), "opening_radius")  # before any work
     votes = hough_votes(embeddings, mask, spacing)
     centres = find_peaks(votes, min_distance, min_votes, spacing, smooth_radius)
     labels = assign_to_centres(embeddings, mask, centres, spacing, max_distance)

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from . import _library
-from ._geometry import ball_halo
 from ._launch import CudaNotBuiltError
 
 __all__ = [
@@ -295,49 +294,12 @@ def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float
     _same_device(labels=labels)
     radius = _check_number(radius, "radius", minimum=0.0, strict=True)
     spacing = _check_spacing(spacing, labels.dim())
-    _check_ball_size(radius, spacing, labels.shape, "radius")
     dtype = labels.dtype
     work = labels if dtype in _KERNEL_LABEL_DTYPES else labels.to(torch.int64)
     out = _library.call("label_opening", work.contiguous(), radius, spacing)
     if was_numpy:
         return out.numpy().astype(numpy_dtype, copy=False)
     return out.to(dtype)
-
-
-# Work allowed for a ball that reaches beyond the image: the cost of the largest ball that fits,
-# or 2**30 pixel operations, whichever is larger.
-_OPENING_MIN_BUDGET = 2**30
-
-
-def _check_ball_size(radius: float, spacing: list[float], shape, name: str) -> None:
-    """Refuses an opening ball that reaches beyond the image and costs more than a ball filling it.
-
-    Such a ball cannot be clipped to the image without changing the result. With the outside
-    counting as the same label, a pixel keeps its label iff some translate of the ball contains
-    it and meets no other label inside the image; translates centred far outside the image cut
-    it along arcs of the ball's surface, so the result depends on the ball's curvature up to
-    radii of about the image size squared. E.g. random labels on 8x8 opened by radius 9.5 px
-    change when the ball is clipped to offsets |o_a| < 8, and on 6x6 by radius 14 px when it
-    is clipped to |o_a| <= 10. The cost is the erosion buffer (image plus the ball's halo on
-    each side) times the ball's volume.
-    """
-    if any(isinstance(v, (torch.SymFloat, torch.SymInt)) for v in (radius, *spacing)):
-        return  # tracing: checked again when the op runs
-    halo = ball_halo(radius, spacing)
-    if all(h <= max(n - 1, 0) for h, n in zip(halo, shape)) or 0 in shape:
-        return
-    work = math.prod(n + 2 * h for n, h in zip(shape, halo)) * math.prod(2 * h + 1 for h in halo)
-    budget = max(_OPENING_MIN_BUDGET, math.prod(3 * n - 2 for n in shape) * math.prod(2 * n - 1 for n in shape))
-    if work > budget:
-        fits = min(n * s for n, s in zip(shape, spacing))
-        reach = tuple(halo) if max(halo) < 10**15 else "more than 1e15"
-        cost = f"{float(work):.1e}" if work < 10**300 else "more than 1e300"
-        raise ValueError(
-            f"{name}: a ball of radius {radius} at spacing {tuple(spacing)} reaches {reach} pixels per "
-            f"axis, beyond the image of shape {tuple(shape)}, and would cost about {cost} pixel "
-            f"operations (more than {float(budget):.1e}, a ball filling the image); it cannot be clipped to "
-            f"the image without changing the result. Use a radius below {fits:g} (the balls that fit the image)"
-        )
 
 
 def embeddings_to_labels(
@@ -362,7 +324,6 @@ def embeddings_to_labels(
     max_distance = _check_max_distance(max_distance)
     if opening_radius is not None:
         opening_radius = _check_number(opening_radius, "opening_radius", minimum=0.0, strict=True)
-        _check_ball_size(opening_radius, spacing, emb.shape[1:], "opening_radius")
     labels = _library.call("embeddings_to_labels", 
         emb, mask, min_distance, spacing, min_votes, smooth_radius, max_distance, opening_radius
     )
