@@ -27,7 +27,7 @@ except ImportError as err:  # pragma: no cover - depends on how Python was start
         "shadowing it (e.g. `python -m pytest` run from the repository root puts the root on "
         "sys.path): run `pytest` instead, or from another directory."
     ) from err
-from ._geometry import ellipsoid_offsets, peak_window
+from ._geometry import box_radius, check_ball_size, ellipsoid_offsets, peak_window
 
 HAS_CUDA: bool = bool(_C.has_cuda)
 
@@ -86,8 +86,8 @@ def find_peaks(
     ndim = len(shape)
     if votes.numel() == 0:
         return torch.empty((0, ndim), dtype=torch.int64, device=votes.device)
-    score = _score(votes, smooth_radius)
-    args = (shape, peak_window(min_distance, spacing), int(min_votes), _ptr(score), score.dtype == torch.int64)
+    score = _score(votes, box_radius(smooth_radius, shape))
+    args = (shape, peak_window(min_distance, spacing, shape), int(min_votes), _ptr(score), score.dtype == torch.int64)
     if votes.device.type == "cuda":
         flags = torch.empty(shape, dtype=torch.uint8, device=votes.device)
         _C.find_peaks_cuda(*args, _ptr(flags), *_cuda(votes))
@@ -122,10 +122,11 @@ def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[
     cells, cell = [1] * ndim, [1.0] * ndim
     if spread:
         target = min(max(CELLS_PER_CENTRE * k, 1), 1 << 22)
-        volume = math.prod(extent[a] for a in spread)
-        side = (volume / target) ** (1.0 / len(spread))
+        # (volume / target) ** (1 / k) in logs: the volume itself can overflow or underflow.
+        log_side = (sum(math.log(extent[a]) for a in spread) - math.log(target)) / len(spread)
         for a in spread:
-            cells[a] = int(min(max(math.ceil(extent[a] / side), 1), shape[a]))
+            ratio = math.exp(min(math.log(extent[a]) - log_side, 700.0))
+            cells[a] = int(min(max(math.ceil(ratio), 1), shape[a]))
             cell[a] = extent[a] / cells[a]
     device = centres.device
     s = torch.tensor(list(spacing), dtype=torch.float64, device=device)
@@ -163,7 +164,7 @@ def assign_to_centres(
     labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
     cells, cell, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing)
     grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, tol)
-    max_d2 = math.inf if max_distance is None else float(max_distance) ** 2
+    max_d2 = math.inf if max_distance is None else float(max_distance) * float(max_distance)  # inf, not OverflowError
     n_cells = math.prod(cells)
     counts = torch.empty(n_cells, dtype=torch.int32, device=mask.device)
     cand_start = torch.zeros(n_cells + 1, dtype=torch.int32, device=mask.device)
@@ -191,8 +192,9 @@ def _strides(shape: Sequence[int]) -> torch.Tensor:
     return torch.tensor(strides[::-1], dtype=torch.int64)
 
 
-def label_opening(labels: torch.Tensor, radius: float, spacing: Sequence[float]) -> torch.Tensor:
+def label_opening(labels: torch.Tensor, radius: float, spacing: Sequence[float], name: str = "radius") -> torch.Tensor:
     shape = list(labels.shape)
+    check_ball_size(radius, spacing, shape, name)
     offsets = ellipsoid_offsets(radius, spacing)
     # Nearest offsets first (origin first): early exits in the kernel's dilation test.
     order = torch.argsort((offsets.to(torch.int64) ** 2).sum(dim=1), stable=True)
@@ -223,6 +225,8 @@ def embeddings_to_labels(
     max_distance: Optional[float],
     opening_radius: Optional[float],
 ) -> torch.Tensor:
+    if opening_radius:
+        check_ball_size(opening_radius, spacing, list(mask.shape), "opening_radius")  # before any work
     votes = hough_votes(embeddings, mask, spacing)
     centres = find_peaks(votes, min_distance, min_votes, spacing, smooth_radius)
     labels = assign_to_centres(embeddings, mask, centres, spacing, max_distance)

@@ -9,7 +9,9 @@ the main input was a NumPy array. Semantics are defined by the references in
 
 Images have ``ndim`` = 2 or 3 spatial axes. Embeddings are ``(ndim, *spatial)`` in physical
 units (floating point; computed in float32), ``spacing`` is the physical pixel size per axis (a
-number or ``ndim`` numbers; default 1).
+number or ``ndim`` numbers from 1e-100 to 1e100; default 1). Spacings, distances and radii are
+taken as the decimals they are written as (``0.1`` is 1/10) wherever a window or ball is derived
+from them (:mod:`rdcnet_ext._geometry`).
 
 Example::
 
@@ -110,20 +112,28 @@ def _check_mask(mask: torch.Tensor, shape, name: str = "mask") -> torch.Tensor:
 def _check_spacing(spacing, ndim: int) -> list[float]:
     if spacing is None:
         return [1.0] * ndim
-    if isinstance(spacing, (numbers.Real, torch.SymFloat)) and not isinstance(spacing, bool):
-        values = [spacing if isinstance(spacing, torch.SymFloat) else float(spacing)] * ndim
+    if isinstance(spacing, (numbers.Real, torch.SymFloat)) and not isinstance(spacing, (bool, np.bool_)):
+        values = [_to_float(spacing, "spacing", "positive values")] * ndim
     else:
         if isinstance(spacing, (torch.Tensor, np.ndarray)):
             spacing = spacing.tolist()
-        try:
-            values = [s if isinstance(s, (torch.SymFloat, torch.SymInt)) else float(s) for s in spacing]
-        except (TypeError, ValueError):
-            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {spacing!r}") from None
+        if isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__iter__"):
+            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {_describe(spacing)}")
+        items = list(spacing)
+        if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, (numbers.Real, torch.SymFloat, torch.SymInt))
+               for s in items):
+            raise TypeError(f"spacing: expected a number or {ndim} numbers, got {spacing!r}")
+        values = [_to_float(s, "spacing", "positive values") for s in items]
         if len(values) != ndim:
             raise ValueError(f"spacing: expected {ndim} values (one per spatial axis), got {len(values)}: {spacing!r}")
-    if not all(not _is_bad_float(s) and s > 0 for s in values):
-        raise ValueError(f"spacing: expected positive finite values, got {values}")
+    if not all(not _is_bad_float(s) and _MIN_SPACING <= s <= _MAX_SPACING for s in values):
+        raise ValueError(f"spacing: expected positive values from 1e-100 to 1e100 (physical pixel sizes), got {values}")
     return values
+
+
+# Any unit system's pixel sizes lie far inside this range; beyond it, squared physical distances
+# (float64) would overflow or lose precision to underflow.
+_MIN_SPACING, _MAX_SPACING = 1e-100, 1e100
 
 
 def _is_bad_float(v, allow_inf: bool = False) -> bool:
@@ -132,22 +142,39 @@ def _is_bad_float(v, allow_inf: bool = False) -> bool:
     return v != v or (not allow_inf and (v == math.inf or v == -math.inf))
 
 
+def _to_float(value, name: str, what: str):
+    """float(value), or the symbolic value itself while tracing; a clear error for ints beyond
+    float's range (float() raises OverflowError there)."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected {what}, got an integer beyond the floating-point range") from None
+
+
 def _check_number(value, name: str, *, minimum: float, strict: bool, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"{name}: expected a number, got {_describe(value)}")
-    v = value if isinstance(value, (torch.SymFloat, torch.SymInt)) else float(value)
+    v = _to_float(value, name, "a finite number")
     if _is_bad_float(v, allow_inf) or v < minimum or (strict and v == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
     return v
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _check_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """A non-negative integer that fits the kernels' int64 (values that large are meaningless
+    for every integer argument of the ops, so beyond it is an error rather than a clip)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {_describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value}")
-    return int(value)
+    value = int(value)
+    if value < 0 or value > _INT64_MAX:
+        raise ValueError(f"{name}: expected an integer from 0 to 2**63 - 1, got {value}")
+    return value
 
 
 def _embeddings_and_mask(embeddings, mask):
@@ -198,7 +225,9 @@ def find_peaks(
     A pixel is a centre if its score (votes summed over a box of ``+-smooth_radius`` pixels) is at
     least ``min_votes`` and strictly the highest within ``floor(min_distance / spacing_a)``
     pixels per axis (equal scores: the first in row-major order wins). Centres are therefore more
-    than one window apart.
+    than one window apart. The window is computed exactly on the decimal values (0.3 / 0.1 is 3);
+    windows and boxes wider than the image are clipped to it, which changes nothing.
+    ``min_votes`` and ``smooth_radius`` must fit in int64.
     """
     votes, was_numpy = _check_votes(votes)
     min_distance = _check_number(min_distance, "min_distance", minimum=0.0, strict=False)
@@ -249,7 +278,11 @@ def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float
 
     A pixel keeps its label iff it lies in the opening of its label's set; pixels outside the
     image count as the same label, so objects touching the border are not shaved. Labels are
-    never merged, grown or moved; removed pixels become 0.
+    never merged, grown or moved; removed pixels become 0. The ball holds the offsets ``o`` with
+    ``sum_a (o_a * spacing_a)**2 <= radius**2``, decided exactly on the decimal values (surface
+    points included). A ball reaching beyond the image gives the exact result too, but one that
+    would cost more than a ball filling the image (or 2**30 pixel operations) raises
+    ``ValueError``: it cannot be clipped to the image without changing the result.
     """
     was_numpy = isinstance(labels, np.ndarray)
     numpy_dtype = labels.dtype if was_numpy else None
@@ -305,6 +338,7 @@ _SSDC_DTYPES = {
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 _SSDC_MAX_DILATIONS = 16
+_MAX_DILATION = 2**31 - 1  # beyond any image axis (the kernels read zeros past the border)
 
 
 def _check_dilations(dilations) -> list[int]:
@@ -322,8 +356,8 @@ def _check_dilations(dilations) -> list[int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
             raise TypeError(f"dilations: expected integers, got {values!r}")
-        if v < 1:
-            raise ValueError(f"dilations: expected integers >= 1, got {values!r}")
+        if not 1 <= v <= _MAX_DILATION:
+            raise ValueError(f"dilations: expected integers from 1 to 2**31 - 1, got {values!r}")
     return [v if isinstance(v, torch.SymInt) else int(v) for v in values]
 
 
@@ -397,6 +431,8 @@ def ssdc(
         raise TypeError(f"groups: expected an integer, got {_describe(groups)}")
     if groups < 1:
         raise ValueError(f"groups: expected an integer >= 1, got {groups}")
+    if groups > max(x.shape[1], 1):
+        raise ValueError(f"groups: expected at most the number of channels of x ({x.shape[1]}), got {groups}")
     if x.shape[1] == 0 or x.shape[1] % groups != 0:
         raise ValueError(f"x: expected a positive number of channels divisible by groups ({groups}), got {_describe(x)}")
     if any(n >= 2**31 for n in x.shape[2:]):
@@ -428,9 +464,9 @@ def ssdc(
 
 
 def _check_slope(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.SymFloat)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"negative_slope: expected a number, got {_describe(value)}")
-    v = value if isinstance(value, torch.SymFloat) else float(value)
+    v = _to_float(value, "negative_slope", "a finite number")
     if _is_bad_float(v):
         raise ValueError(f"negative_slope: expected a finite number, got {value!r}")
     return v

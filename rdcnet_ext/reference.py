@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._geometry import ellipsoid_offsets, peak_window
+from ._geometry import box_radius, ellipsoid_offsets, peak_window
 
 __all__ = [
     "hough_votes",
@@ -104,15 +104,17 @@ def find_peaks(
 ) -> torch.Tensor:
     """Centres of the vote histogram, int64 ``(K, ndim)`` in row-major order.
 
-    The score ``s`` is the sum of votes over a box of ``+-smooth_radius`` pixels. With window
-    half-size ``r_a = floor(min_distance / spacing_a)``, pixel ``p`` is a peak iff
-    ``s[p] >= min_votes`` and every other ``q`` in its window (clipped to the image) has
-    ``s[q] < s[p]``, or ``s[q] == s[p]`` and ``q`` after ``p`` in row-major order.
+    The score ``s`` is the sum of votes over a box of ``+-smooth_radius`` pixels (clipped to the
+    image). With window half-size ``r_a = floor(min_distance / spacing_a)``, decided exactly on
+    the decimal values (:func:`rdcnet_ext._geometry.peak_window`: 0.3 / 0.1 is 3), pixel ``p``
+    is a peak iff ``s[p] >= min_votes`` and every other ``q`` in its window (clipped to the
+    image) has ``s[q] < s[p]``, or ``s[q] == s[p]`` and ``q`` after ``p`` in row-major order.
+    Windows and boxes wider than the image are the whole image, so they are clipped first.
     """
     ndim = votes.ndim
     spacing = [1.0] * ndim if spacing is None else [float(x) for x in spacing]
-    window = peak_window(min_distance, spacing)
-    score = box_sum(votes, smooth_radius)
+    window = peak_window(min_distance, spacing, votes.shape)
+    score = box_sum(votes, box_radius(smooth_radius, votes.shape))
     n = score.numel()
     # One int64 key orders pixels by (score, earlier in row-major order); p is a peak iff it holds
     # the largest key in its window. The window maximum of keys is separable over axes.
@@ -166,7 +168,7 @@ def assign_to_centres(
         best, k = torch.min(d2, dim=1)  # ties: first (lowest) k
         lab = (k + 1).to(torch.int32)
         if max_distance is not None:
-            lab = torch.where(best <= float(max_distance) ** 2, lab, torch.zeros_like(lab))
+            lab = torch.where(best <= float(max_distance) * float(max_distance), lab, torch.zeros_like(lab))
         labels[idx] = lab
     return labels.reshape(shape)
 
@@ -177,11 +179,16 @@ def label_opening(
     """Label-wise morphological opening by the ellipsoid of physical ``radius``.
 
     A pixel keeps its label ``l != 0`` iff it lies in the opening of ``{labels == l}`` by the
-    ball :func:`rdcnet_ext._geometry.ellipsoid_offsets`; otherwise it becomes 0. Pixels outside
+    ball :func:`rdcnet_ext._geometry.ellipsoid_offsets` (offsets ``o`` with
+    ``sum_a (o_a * spacing_a)**2 <= radius**2``, decided exactly on the decimal values, so points
+    on the surface belong to it); otherwise it becomes 0. Pixels outside
     the image count as label ``l`` too (the set is padded with itself), so objects touching the
     border are not shaved. Equivalently, with ``E(q)`` the common label of the in-image pixels of
     the ball around ``q`` (``q`` may lie outside the image; 0 if they differ or are background):
-    ``p`` keeps ``l`` iff ``E(p + o) == l`` for some offset ``o`` of the ball.
+    ``p`` keeps ``l`` iff ``E(p + o) == l`` for some offset ``o`` of the ball. A ball larger
+    than the image is not clipped: translates centred outside cut the image along the ball's
+    curved surface, so the result depends on all of it (:func:`rdcnet_ext.ops.label_opening`
+    refuses balls that would cost more than one filling the image).
     """
     ndim = labels.ndim
     spacing = [1.0] * ndim if spacing is None else [float(x) for x in spacing]

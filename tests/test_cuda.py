@@ -121,6 +121,26 @@ def test_label_opening_random(shape, spacing, radius, dtype, rng):
     assert_equal(got.to(torch.int64), expected, "opened")
 
 
+@pytest.mark.parametrize("shape,radius,spacing", [
+    ((21, 22), 2.5, (0.5, 0.5)),             # (3, 4) on the surface
+    ((7, 21, 22), 2.5, (2.0, 0.25, 0.25)),   # (0, 8, 6) on the surface
+    ((19, 20), 0.5, (0.1, 0.1)),             # decimal spacing
+    ((6, 7), 9.5, (1.0, 1.0)),               # a ball beyond the image
+    ((2, 5, 6), 4.5, (1.0, 1.0, 1.0)),       # beyond the image in one axis
+])
+def test_label_opening_exact_balls_and_balls_beyond_the_image(shape, radius, spacing, rng):
+    labels = blocky_labels(shape, rng, 2, 3, speckle=0.1)
+    expected = ref.label_opening(labels, radius, list(spacing))
+    assert_equal(ops.label_opening(cuda(labels), radius, spacing), expected, "opened")
+
+
+def test_find_peaks_exact_and_clipped_windows_on_cuda(rng):
+    votes = torch.from_numpy(rng.integers(0, 4, (9, 31)).astype(np.int32))
+    for min_distance, spacing, smooth in [(0.3, (0.1, 0.1), 0), (1e30, None, 1), (1.0, None, 2**40)]:
+        expected = ref.find_peaks(votes, min_distance, 1, spacing_list(spacing, 2), smooth)
+        assert_equal(ops.find_peaks(cuda(votes), min_distance, 1, spacing, smooth), expected, f"{min_distance}")
+
+
 @geometries
 @pytest.mark.parametrize("params", [(2.0, 1, 0, None, None), (3.0, 2, 1, 4.0, 1.0), (1.0, 0, 0, 2.5, 1.5)])
 def test_embeddings_to_labels_random(shape, spacing, params, rng):

@@ -512,3 +512,176 @@ def test_inputs_are_not_modified(field):
     assert torch.equal(mask, field.mask) and torch.equal(labels, field.labels)
     assert torch.equal(votes, votes_copy) and torch.equal(centres, centres_copy)
     assert out.data_ptr() != labels.data_ptr()
+
+
+# ---- exact geometry: surface points of the ball, exact peak windows (issue 9, item 8) ----------
+
+
+def exact_ball(radius, spacing):
+    """Oracle for _geometry.ellipsoid_offsets: every offset of the bounding box tested one by one
+    in exact decimal arithmetic (the values as written)."""
+    import itertools
+    from decimal import Decimal
+    from fractions import Fraction
+
+    r = Fraction(Decimal(repr(float(radius))))
+    s = [Fraction(Decimal(repr(float(x)))) for x in spacing]
+    box = [range(-int(r / sa), int(r / sa) + 1) for sa in s]
+    return [list(o) for o in itertools.product(*box) if sum((oa * sa) ** 2 for oa, sa in zip(o, s)) <= r * r]
+
+
+SURFACE_CASES = [  # (radius, spacing, an offset exactly on the surface)
+    (2.5, (2.0, 0.25, 0.25), (0, 8, 6)),
+    (2.5, (0.5, 0.5), (3, 4)),
+    (5.0, (1.0, 1.0), (3, 4)),
+    (0.5, (0.1, 0.1), (3, 4)),          # decimal spacing: 0.1 is 1/10, not the binary float
+    (1.3, (0.26, 0.26, 0.26), (3, 4, 0)),
+    (0.65, (2.0, 0.13, 0.13), (0, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("radius,spacing,point", SURFACE_CASES, ids=[f"r{c[0]}-{c[2]}" for c in SURFACE_CASES])
+def test_ball_contains_its_surface_points(radius, spacing, point):
+    from rdcnet_ext._geometry import ellipsoid_offsets
+
+    offsets = ellipsoid_offsets(radius, spacing).tolist()
+    assert offsets == exact_ball(radius, spacing)  # same set, row-major order
+    ndim = len(point)
+    for signs in np.ndindex(*(2,) * ndim):
+        mirrored = [p if s else -p for p, s in zip(point, signs)]
+        assert mirrored in offsets, f"{mirrored} on the surface is missing"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ball_equals_the_exact_oracle_on_random_decimal_geometries(seed):
+    from rdcnet_ext._geometry import ellipsoid_offsets
+
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        ndim = int(rng.integers(2, 4))
+        spacing = [round(float(x), 2) for x in rng.uniform(0.1, 2.0, ndim)]
+        radius = round(float(rng.uniform(0.1, 4.0)), 2)
+        assert ellipsoid_offsets(radius, spacing).tolist() == exact_ball(radius, spacing), (radius, spacing)
+
+
+@pytest.mark.parametrize("radius,spacing,point", SURFACE_CASES[:4], ids=[f"r{c[0]}" for c in SURFACE_CASES[:4]])
+def test_opening_keeps_an_object_shaped_exactly_like_the_ball(radius, spacing, point):
+    # The object is the ball with its surface points; opening it by the ball keeps all of it.
+    # (Dropping the surface points from the ball would shave them off the object.)
+    offsets = torch.tensor(exact_ball(radius, spacing))
+    halo = offsets.abs().amax(dim=0)
+    labels = torch.zeros([int(2 * h + 5) for h in halo], dtype=torch.int32)
+    labels[tuple((offsets + halo + 2).T)] = 3
+    out = ops.label_opening(labels, radius, spacing)
+    assert_equal(out, labels, "opened")
+    if len(spacing) == 2:  # (the 3D reference is slow with this many offsets; 2D shows it agrees)
+        assert_equal(ref.label_opening(labels, radius, list(spacing)), labels, "reference")
+
+
+@pytest.mark.parametrize("min_distance,spacing,window", [(0.3, (0.1, 0.1), 3), (0.7, (0.1, 0.1), 7), (1.0, (0.2, 0.2), 5)])
+def test_peak_window_is_exact_for_decimal_spacing(min_distance, spacing, window):
+    # In binary floating point 0.3 / 0.1 = 2.9999999999999996, a window of 2 instead of 3.
+    votes = torch.zeros((3, 2 * window + 4), dtype=torch.int32)
+    votes[1, 1], votes[1, 1 + window] = 5, 4  # exactly one window apart: the lower is suppressed
+    votes[1, 2 + 2 * window] = 3              # one more pixel away: kept
+    expected = [[1, 1], [1, 2 + 2 * window]]
+    assert ops.find_peaks(votes, min_distance, 1, spacing).tolist() == expected
+    assert ref.find_peaks(votes, min_distance, 1, list(spacing)).tolist() == expected
+
+
+# ---- windows, boxes and balls larger than the image (issue 9, item 6) ----------------------------
+
+
+@pytest.mark.parametrize("shape,spacing", [((7, 11), None), ((4, 5, 6), ANISO_3D)])
+def test_huge_windows_and_boxes_are_clipped_without_changing_the_result(shape, spacing, rng):
+    votes = torch.from_numpy(rng.integers(0, 4, shape).astype(np.int32))
+    sp = [1.0] * len(shape) if spacing is None else list(spacing)
+    # A window or box reaching across the image from every pixel is the whole image either way.
+    whole = max(n * s for n, s in zip(shape, sp))
+    for smooth in (0, 1):
+        expected = ref.find_peaks(votes, whole, 0, sp, smooth)
+        for min_distance in (whole, 1e30, 1e300):
+            assert_equal(ops.find_peaks(votes, min_distance, 0, spacing, smooth), expected, f"{min_distance}")
+        assert_equal(ref.find_peaks(votes, 1e300, 0, sp, smooth), expected, "reference")
+    box = ref.find_peaks(votes, 1.0, 0, sp, max(shape) - 1)
+    for smooth in (max(shape), 2**40, 2**63 - 1):
+        assert_equal(ops.find_peaks(votes, 1.0, 0, spacing, smooth), box, f"smooth_radius {smooth}")
+        assert_equal(ref.find_peaks(votes, 1.0, 0, sp, smooth), box, f"reference smooth_radius {smooth}")
+    assert ops.find_peaks(votes, 1.0, 2**63 - 1, spacing).shape == (0, len(shape))
+
+
+def opening_by_definition(labels: torch.Tensor, radius, spacing, offsets=None) -> torch.Tensor:
+    """DESIGN.md's label_opening read literally, as an oracle independent of the reference's
+    padding: p keeps l iff some translate q + B (q anywhere, also outside the image) contains p
+    and all of its in-image pixels have label l. ``offsets`` replaces the ball B if given."""
+    from rdcnet_ext._geometry import ellipsoid_offsets
+
+    offsets = (ellipsoid_offsets(radius, spacing) if offsets is None else offsets).long()
+    halo = offsets.abs().amax(dim=0)
+    table = torch.zeros([int(2 * h + 1) for h in halo], dtype=torch.bool)
+    table[tuple((offsets + halo).T)] = True
+    pixels = torch.stack(torch.meshgrid(*[torch.arange(n) for n in labels.shape], indexing="ij"), -1).reshape(-1, labels.dim())
+    centres = torch.stack(torch.meshgrid(*[torch.arange(-h, n + h) for n, h in zip(labels.shape, halo.tolist())],
+                                         indexing="ij"), -1).reshape(-1, labels.dim())
+    d = pixels[None, :, :] - centres[:, None, :] + halo  # (Q, N, ndim) index into the table
+    inside = ((d >= 0) & (d < 2 * halo + 1)).all(-1)
+    member = torch.zeros(inside.shape, dtype=torch.bool)
+    member[inside] = table[tuple(d[inside].T)]
+    flat = labels.reshape(-1)
+    top = torch.where(member, flat[None], torch.iinfo(flat.dtype).min).amax(1)
+    low = torch.where(member, flat[None], torch.iinfo(flat.dtype).max).amin(1)
+    eroded = torch.where((top == low) & (top != 0), top, torch.zeros_like(top))  # E(q)
+    kept = (member & (eroded[:, None] == flat[None])).any(0) & (flat != 0)
+    return torch.where(kept, flat, torch.zeros_like(flat)).reshape(labels.shape)
+
+
+BIG_BALLS = [  # balls just inside and just beyond the image, in every or only some axes
+    ((6, 7), (1.0, 1.0), [5.0, 6.0, 9.5]),
+    ((5, 9), (0.5, 1.3), [2.6, 7.9]),
+    ((3, 4, 5), ANISO_3D, [0.9, 1.1, 2.1]),
+    ((2, 5, 6), (1.0, 1.0, 1.0), [1.5, 4.5]),
+]
+
+
+@pytest.mark.parametrize("shape,spacing,radii", BIG_BALLS, ids=["x".join(map(str, c[0])) for c in BIG_BALLS])
+def test_opening_by_balls_near_and_beyond_the_image_size(shape, spacing, radii, rng):
+    # Exact semantics are kept beyond the image (clipping the ball would change them: translates
+    # centred outside cut the image along the ball's curved surface).
+    for block in (1, 2):
+        labels = blocky_labels(shape, rng, block, 2, speckle=0.1).to(torch.int32)
+        for radius in radii:
+            expected = opening_by_definition(labels, radius, spacing)
+            assert_equal(ref.label_opening(labels, radius, list(spacing)), expected, f"reference r={radius}")
+            assert_equal(ops.label_opening(labels, radius, spacing), expected, f"op r={radius}")
+
+
+@pytest.mark.parametrize("shape,spacing,radius", [
+    ((64, 64), None, 300.0), ((64, 64), None, 1e5), ((64, 64), 1e-100, 1.0), ((9, 10, 11), ANISO_3D, 40.0),
+    ((1, 1), None, 1e300),
+])
+def test_opening_balls_far_beyond_the_image_are_refused_early(shape, spacing, radius):
+    labels = torch.ones(shape, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"^radius: .*beyond the image.*cannot be clipped") as info:
+        ops.label_opening(labels, radius, spacing)
+    assert "Use a radius below" in str(info.value)
+    emb = torch.zeros((len(shape), *shape))
+    with pytest.raises(ValueError, match=r"^opening_radius: "):
+        ops.embeddings_to_labels(emb, labels.bool(), 1.0, spacing, opening_radius=radius)
+
+
+def test_clipping_a_ball_beyond_the_image_would_change_the_result():
+    # Why label_opening does not clip balls to the image: translates centred outside the image
+    # cut it along the ball's curved surface. Random labels on 8x8, radius 9.5 px.
+    from rdcnet_ext._geometry import ellipsoid_offsets
+
+    ball = ellipsoid_offsets(9.5, (1.0, 1.0))
+    clipped = ball[(ball.abs() <= 7).all(dim=1)]
+    changed = 0
+    for seed in range(40):
+        labels = torch.from_numpy((np.random.default_rng(seed).random((8, 8)) < 0.85).astype(np.int32))
+        out = ops.label_opening(labels, 9.5)
+        assert_equal(out, opening_by_definition(labels, 9.5, (1.0, 1.0)), f"seed {seed}")
+        changed += not torch.equal(out, opening_by_definition(labels, 9.5, None, clipped))
+        if changed:
+            break
+    assert changed, "no example found where the clipped ball differs"

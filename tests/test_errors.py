@@ -222,3 +222,110 @@ def test_import_and_cpu_ops_with_no_visible_gpu(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+# ---- every numeric argument of every op x awkward values: a clear error, never pybind11's --------
+
+
+def _ssdc_call(**kw):
+    args = dict(dilations=[1, 2], groups=2, negative_slope=0.3)
+    args.update(kw)
+    x = torch.zeros((1, 4, 5, 6))
+    return ops.ssdc(x, torch.zeros((4, 2, 3, 3)), None, torch.zeros((4, 4, 1, 1)), None, **args)
+
+
+# op -> (call with keyword overrides, {argument: kind})
+NUMERIC_ARGS = {
+    "hough_votes": (lambda **kw: ops.hough_votes(emb(), mask(), **kw), {"spacing": "spacing"}),
+    "find_peaks": (lambda **kw: ops.find_peaks(votes(), **{"min_distance": 1.0, **kw}),
+                   {"min_distance": "distance", "min_votes": "count", "spacing": "spacing", "smooth_radius": "count"}),
+    "assign_to_centres": (lambda **kw: ops.assign_to_centres(emb(), mask(), centres(), **kw),
+                          {"spacing": "spacing", "max_distance": "optional_distance"}),
+    "label_opening": (lambda **kw: ops.label_opening(labels(), **{"radius": 1.0, **kw}),
+                      {"radius": "radius", "spacing": "spacing"}),
+    "embeddings_to_labels": (lambda **kw: ops.embeddings_to_labels(emb(), mask(), **{"min_distance": 1.0, **kw}),
+                             {"min_distance": "distance", "spacing": "spacing", "min_votes": "count",
+                              "smooth_radius": "count", "max_distance": "optional_distance",
+                              "opening_radius": "optional_radius"}),
+    "ssdc": (_ssdc_call, {"dilations": "dilations", "groups": "groups", "negative_slope": "slope"}),
+}
+
+_HUGE_INT = 10**400  # beyond float64's range: float() raises OverflowError
+_COMMON_BAD = [  # for every kind: (label, value, exception)
+    ("bool", True, TypeError), ("numpy-bool", np.bool_(True), TypeError), ("str", "1", TypeError),
+    ("list-str", ["1"], TypeError), ("complex", 1j, TypeError), ("object", object(), TypeError),
+]
+BAD_VALUES = {
+    "distance": [("nan", NAN, ValueError), ("inf", math.inf, ValueError), ("-inf", -math.inf, ValueError),
+                 ("negative", -1.0, ValueError), ("huge-int", _HUGE_INT, ValueError),
+                 ("numpy-nan", np.float32("nan"), ValueError), ("none", None, TypeError)],
+    "optional_distance": [("nan", NAN, ValueError), ("negative", -1e-300, ValueError),
+                          ("huge-int", _HUGE_INT, ValueError), ("numpy-negative", np.float64(-2.0), ValueError)],
+    "radius": [("zero", 0.0, ValueError), ("nan", NAN, ValueError), ("inf", math.inf, ValueError),
+               ("negative", -1.0, ValueError), ("huge-int", _HUGE_INT, ValueError), ("none", None, TypeError),
+               ("far-beyond-image", 1e5, ValueError), ("beyond-image-huge", 1e300, ValueError)],
+    "optional_radius": [("zero", 0, ValueError), ("nan", NAN, ValueError), ("huge-int", _HUGE_INT, ValueError),
+                        ("far-beyond-image", 1e5, ValueError)],
+    "count": [("negative", -1, ValueError), ("int64-overflow", 2**63, ValueError), ("huge", 2**70, ValueError),
+              ("numpy-uint64-max", np.uint64(2**64 - 1), ValueError), ("numpy-negative", np.int8(-3), ValueError),
+              ("float", 1.0, TypeError), ("numpy-float", np.float64(2.0), TypeError), ("none", None, TypeError)],
+    "spacing": [("zero", 0.0, ValueError), ("negative", -1.0, ValueError), ("nan", NAN, ValueError),
+                ("inf", math.inf, ValueError), ("tiny", 1e-300, ValueError), ("subnormal", 5e-324, ValueError),
+                ("huge", 1e300, ValueError), ("huge-int", _HUGE_INT, ValueError),
+                ("huge-int-in-list", [1.0, _HUGE_INT], ValueError), ("bool-in-list", [True, 1.0], TypeError),
+                ("numpy-bool-array", np.array([True, True]), TypeError), ("nan-array", np.array([NAN, 1.0]), ValueError),
+                ("none-in-list", [None, 1.0], TypeError)],
+    "dilations": [("zero", [0], ValueError), ("negative", [1, -2], ValueError), ("int32-overflow", [2**31], ValueError),
+                  ("huge", [2**70], ValueError), ("numpy-huge", np.array([2**40]), ValueError),
+                  ("float", [1.5], TypeError), ("bool-list", [True], TypeError), ("none", None, TypeError)],
+    "groups": [("zero", 0, ValueError), ("negative", -2, ValueError), ("huge", 2**70, ValueError),
+               ("more-than-channels", 8, ValueError), ("float", 2.0, TypeError), ("none", None, TypeError)],
+    "slope": [("nan", NAN, ValueError), ("inf", math.inf, ValueError), ("huge-int", _HUGE_INT, ValueError),
+              ("none", None, TypeError)],
+}
+NUMERIC_CASES = [
+    (f"{op}-{arg}-{label}", op, arg, value, exc)
+    for op, (_, kinds) in NUMERIC_ARGS.items()
+    for arg, kind in kinds.items()
+    for label, value, exc in BAD_VALUES[kind] + [c for c in _COMMON_BAD if not (kind == "dilations" and c[0] == "list-str")]
+]
+NUMERIC_CASES += [  # a list of strings is a sequence of non-integers for dilations
+    ("ssdc-dilations-list-str", "ssdc", "dilations", ["1"], TypeError),
+]
+NUMERIC_CASES = list({c[0]: c for c in NUMERIC_CASES}.values())
+
+
+@pytest.mark.parametrize("op,arg,value,exc", [c[1:] for c in NUMERIC_CASES], ids=[c[0] for c in NUMERIC_CASES])
+def test_bad_numeric_arguments_raise_a_clear_error(op, arg, value, exc):
+    call, _ = NUMERIC_ARGS[op]
+    with pytest.raises((TypeError, ValueError)) as info:
+        call(**{arg: value})
+    message = str(info.value)
+    assert "incompatible function arguments" not in message, message
+    assert type(info.value) is exc, f"{type(info.value).__name__}: {message}"
+    # Named first ("name: expected ..."); a ball that is too big names the radius and the spacing.
+    assert message.startswith(f"{arg}:") or (arg == "spacing" and "spacing" in message
+                                              and message.startswith(("radius:", "opening_radius:"))), message
+
+
+EXTREME_BUT_VALID = [  # (id, call): values at the edges of what is accepted run and equal the reference
+    ("peaks-min_distance-1e30", lambda: (ops.find_peaks(votes(), 1e30, 0), torch.tensor([[0, 0]]))),
+    ("peaks-spacing-1e-100", lambda: (ops.find_peaks(votes(), 1.0, 0, 1e-100), torch.tensor([[0, 0]]))),
+    ("peaks-min_votes-int64-max", lambda: (ops.find_peaks(votes(), 1.0, 2**63 - 1), torch.zeros((0, 2), dtype=torch.int64))),
+    ("peaks-smooth_radius-2**62", lambda: (ops.find_peaks(votes(), 1.0, 0, None, np.int64(2**62)), torch.tensor([[0, 0]]))),
+    ("assign-max_distance-1e308", lambda: (ops.assign_to_centres(emb(), mask(), centres(), None, 1.7e308),
+                                           torch.ones((8, 9), dtype=torch.int32))),
+    ("assign-spacing-1e100", lambda: (ops.assign_to_centres(emb(), mask(), centres(), 1e100),
+                                      torch.ones((8, 9), dtype=torch.int32))),
+    ("assign-spacing-1e-100", lambda: (ops.assign_to_centres(emb(), mask(), centres(((1, 2), (0, 0))), 1e-100),
+                                       torch.full((8, 9), 2, dtype=torch.int32))),
+    ("opening-radius-1e-300", lambda: (ops.label_opening(labels() + 1, 1e-300), labels() + 1)),
+    ("opening-spacing-1e100", lambda: (ops.label_opening(labels() + 1, 1.0, 1e100), labels() + 1)),
+    ("ssdc-dilation-int32-max", lambda: (_ssdc_call(dilations=[1, 2**31 - 1]), torch.zeros((1, 4, 5, 6)))),
+]
+
+
+@pytest.mark.parametrize("call", [c[1] for c in EXTREME_BUT_VALID], ids=[c[0] for c in EXTREME_BUT_VALID])
+def test_extreme_but_valid_numbers_are_accepted(call):
+    got, expected = call()
+    assert torch.equal(got, expected), (got, expected)
