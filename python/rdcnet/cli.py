@@ -192,7 +192,7 @@ def cmd_train(args) -> int:
 
     from .model import RDCNet
     from .postprocess import PostprocessConfig
-    from .train import TrainConfig, check_crop, check_finite_pixels, train
+    from .train import TrainConfig, check_crop, check_finite_pixels, resume_state, train
 
     pairs, paths = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
     val, val_paths = [], []
@@ -229,6 +229,8 @@ def cmd_train(args) -> int:
     model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
                    dilations=args.dilations, iterations=args.iterations, spacing=spacing,
                    downsampling_channels=args.downsampling_channels)
+    if not args.no_resume:
+        resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
     print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
     result = train(model, pairs, val, cfg, resume=not args.no_resume)
@@ -515,7 +517,7 @@ def _resume_message(exc) -> str:
             seen.add(flag)
             parts.append(f"{flag} was {old!r}, now {new!r}")
     return (f"cannot resume from {exc.path}: it was trained with other options ({'; '.join(parts)}); "
-            f"rerun with the same options, or {how}")
+            f"rerun with the same options, or {how.replace('rerun with', 'with')}")
 
 
 @contextlib.contextmanager

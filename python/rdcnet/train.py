@@ -25,7 +25,7 @@ from .postprocess import PostprocessConfig, labels_from_output
 from .predict import channel_axis_of, predict_output
 
 __all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_checkpoint", "ResumeError",
-           "NonFiniteLossError", "resume_differences", "check_crop", "check_finite_pixels"]
+           "NonFiniteLossError", "resume_differences", "resume_state", "check_crop", "check_finite_pixels"]
 
 CHECKPOINT_VERSION = 1
 
@@ -357,8 +357,15 @@ def resume_differences(saved: dict, config: TrainConfig, saved_model: Optional[d
     return diffs
 
 
+def resume_state(config: TrainConfig, model: RDCNet) -> Optional[dict]:
+    """The run state in ``config.out_dir/last.pt`` that :func:`train` would resume from (None
+    when there is none), checked to be readable and written with the same settings; raises
+    :class:`ResumeError` otherwise. Callers may use it to fail before any other work."""
+    path = Path(config.out_dir) / "last.pt"
+    return _read_resume_state(path, model, config) if path.exists() else None
+
+
 def _read_resume_state(path: Path, model: RDCNet, config: TrainConfig) -> dict:
-    """``last.pt``, checked to be readable and written with the same settings (else ResumeError)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated, empty or foreign files fail in many ways
@@ -440,7 +447,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     if stale and progress:
         print(f"removed {len(stale)} temporary file(s) of an interrupted write in {out_dir}", file=sys.stderr)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    ckpt = _read_resume_state(last_path, model, config) if resume and last_path.exists() else None
+    ckpt = resume_state(config, model) if resume else None
     train_images, train_labels = _prepare(train_data, model, "train_data", config.mask_nonfinite)
     val_images, val_labels = _prepare(val_data, model, "val_data", config.mask_nonfinite)
     select_by = "val_f1" if any(bool((y > 0).any()) for y in val_labels) else "val_loss"
