@@ -19,6 +19,7 @@ from rdcnet.model import RDCNet
 from rdcnet.postprocess import PostprocessConfig
 from rdcnet.predict import min_tile_shape, predict, predict_output
 from rdcnet.train import NonFiniteLossError, ResumeError, TrainConfig, train
+from test_train_cli import config as train_cli_config
 
 train_module = importlib.import_module("rdcnet.train")
 
@@ -32,10 +33,10 @@ def pairs():
 
 
 def config(tmp_path, **kw):
-    base = dict(out_dir=str(tmp_path / "run"), margin=4.0, crop=(32, 32), epochs=2, steps_per_epoch=2,
-                augment="none", seed=0, device="cpu", postprocess=PostprocessConfig(margin=4.0, min_votes=2))
-    base.update(kw)
-    return TrainConfig(**base)
+    """test_train_cli's settings, smaller."""
+    small = dict(crop=(32, 32), steps_per_epoch=2, augment="none",
+                 postprocess=PostprocessConfig(margin=4.0, min_votes=2))
+    return train_cli_config(tmp_path, **{**small, **kw})
 
 
 def tiny_train(tmp_path, pairs, **kw):
