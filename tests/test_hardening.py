@@ -164,13 +164,13 @@ def test_tiles_have_a_minimum_and_long_predictions_show_progress(capsys):
     model = RDCNet(**TINY).eval()
     smallest = min_tile_shape(model.config)
     assert smallest == (32, 32)  # twice the overlap: 2 · factor 4 · dilation 2 · 2
-    x = torch.rand(1, 150, 150)
+    x = torch.rand(1, 100, 100)
     with pytest.raises(ValueError, match="tile_shape: expected at least 32,32"):
         predict_output(model, x, tile_shape=(3, 3))
     capsys.readouterr()
     tiled = predict_output(model, x, tile_shape=smallest, progress=True)
     assert "tiles" in capsys.readouterr().err
-    assert tiled.embeddings.shape == (2, 150, 150) and torch.isfinite(tiled.embeddings).all()
+    assert tiled.embeddings.shape == (2, 100, 100) and torch.isfinite(tiled.embeddings).all()
 
 
 # ---- 7. validation sets without instances ------------------------------------------------------
@@ -296,3 +296,20 @@ def test_cli_rerun_removes_stray_temporaries(cli_run, run_copy):
     keep.write_text("not ours")
     assert cli.main(train_argv(cli_run, run_copy)) == 0  # finished run: nothing to train
     assert not any(path.exists() for path in stray) and keep.exists()
+
+
+def test_cli_predict_warns_about_nonfinite_pixels_naming_the_file(tmp_path, capsys):
+    from rdcnet.data import read_labels
+    from rdcnet.train import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", RDCNet(**TINY))
+    image = plateau_image()
+    image[0:20, 0:20] = np.nan
+    write_image(tmp_path / "holed.tif", image)
+    assert cli.main(["predict", str(tmp_path / "holed.tif"), "--model", str(tmp_path / "model.pt"),
+                     "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rdcnet predict: warning: {tmp_path / 'holed.tif'}: 400 of 4096 pixels are not finite (NaN or "
+                   "Inf): they are treated as background and the rest of the image is segmented as usual"]
+    assert not read_labels(tmp_path / "out" / "holed.tif")[0:20, 0:20].any()

@@ -38,6 +38,7 @@ def mean_f1(model, pairs, post):
     return metrics.evaluate([l for _, l in pairs], preds).mean["f1@0.5"]
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_raises_f1(tmp_path, nuclei):
     torch.manual_seed(0)
     model = RDCNet(**SMALL)
@@ -116,6 +117,7 @@ def test_checkpoint_has_full_configuration_and_reloads(tmp_path, nuclei):
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path, nuclei, monkeypatch):
     train_module = importlib.import_module("rdcnet.train")
 
@@ -259,6 +261,7 @@ def test_entry_point_runs_as_a_module(tmp_path):
     assert proc.returncode == 0 and "demo" in proc.stdout
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -283,8 +283,9 @@ def cmd_predict(args) -> int:
                 labels = predict(model, image, post, tile_shape=tile, device=args.device, progress=True)
             except ValueError as exc:
                 raise UsageError(f"{path}: {exc}") from None
-        for w in caught:
-            warnings.warn(f"{path}: {w.message}", w.category)
+        for w in caught:  # what the user should see, now naming the file
+            if issubclass(w.category, (UserWarning, RuntimeWarning)):
+                warnings.warn(f"{path}: {w.message}", w.category)
         target = _output_path(out, path, single)
         write_labels(target, labels)
         print(f"{path} -> {target}: {int(labels.max())} objects")
@@ -524,7 +525,6 @@ def _resume_message(exc) -> str:
 def _one_line_warnings(command: str):
     """Warnings as 'rdcnet <command>: warning: ...' lines, like the errors."""
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
         warnings.showwarning = lambda message, *a, **k: print(
             f"rdcnet {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
         yield

@@ -164,7 +164,8 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
         progress: show a progress bar over the tiles of a large image.
 
     Non-finite input pixels (NaN, ±Inf) are labelled 0 (with a warning giving their count); they
-    take no part in the normalisation and cast no votes, so the rest of the image is unaffected.
+    take no part in the normalisation, enter the network as 0 and cast no votes, so one bad patch
+    does not spoil the rest of the image.
 
     Example::
 

@@ -348,10 +348,10 @@ def resume_differences(saved: dict, config: TrainConfig, saved_model: Optional[d
             continue
         old = (saved or {}).get(key, defaults[key])
         if key == "postprocess":
-            for field, v in value.items():
-                o = (old or {}).get(field, defaults[key][field])
+            for name, v in value.items():
+                o = (old or {}).get(name, defaults[key][name])
                 if _plain(o) != _plain(v):
-                    diffs.append((f"postprocess.{field}", o, v))
+                    diffs.append((f"postprocess.{name}", o, v))
         elif _plain(old) != _plain(value):
             diffs.append((key, old, value))
     return diffs
