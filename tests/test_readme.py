@@ -13,8 +13,7 @@ def test_readme_has_python_examples():
     assert len(BLOCKS) >= 2
 
 
-@pytest.mark.parametrize("index", [pytest.param(i, marks=[pytest.mark.slow] if "train(" in block else [])
-                                   for i, block in enumerate(BLOCKS)])
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})

@@ -117,7 +117,6 @@ def test_checkpoint_has_full_configuration_and_reloads(tmp_path, nuclei):
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
-@pytest.mark.slow
 def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path, nuclei, monkeypatch):
     train_module = importlib.import_module("rdcnet.train")
 
@@ -261,7 +260,6 @@ def test_entry_point_runs_as_a_module(tmp_path):
     assert proc.returncode == 0 and "demo" in proc.stdout
 
 
-@pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
