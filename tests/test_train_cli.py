@@ -38,6 +38,7 @@ def mean_f1(model, pairs, post):
     return metrics.evaluate([l for _, l in pairs], preds).mean["f1@0.5"]
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_raises_f1(tmp_path, nuclei):
     torch.manual_seed(0)
     model = RDCNet(**SMALL)
@@ -57,6 +58,16 @@ def test_short_training_lowers_the_loss_and_raises_f1(tmp_path, nuclei):
     # The decoding was tuned on the validation images and stored with the best model.
     tuning = torch.load(result.best_checkpoint, weights_only=False)["postprocess_tuning"]
     assert tuning["f1"] >= tuning["f1_before"]
+    # A 20×20 NaN patch (issue 9) leaves the objects elsewhere found.
+    image = nuclei["val"][0][0].astype(np.float32)
+    clean = predict(best, image, post)
+    holed = image.copy()
+    holed[:20, :20] = np.nan
+    with pytest.warns(UserWarning, match="400 of 6400 pixels are not finite"):
+        labels = predict(best, holed, post)
+    assert not labels[:20, :20].any()
+    objects_away = len(np.setdiff1d(np.unique(clean[30:, 30:]), [0]))
+    assert objects_away > 0 and len(np.setdiff1d(np.unique(labels[30:, 30:]), [0])) >= objects_away - 1
 
 
 def test_tune_postprocess_recovers_from_a_bad_window(nuclei):

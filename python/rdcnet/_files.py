@@ -33,3 +33,18 @@ def atomic_write(path, writer) -> Path:
             pass
         raise
     return path
+
+
+def remove_stale_temporaries(folder, names) -> list:
+    """Delete the temporary files :func:`atomic_write` leaves behind when a process is killed
+    mid-write (``.<name>.*.tmp`` for each of ``names`` in ``folder``). Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed

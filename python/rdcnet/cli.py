@@ -6,32 +6,100 @@ exit status 2, not as a traceback (set RDCNET_DEBUG=1 to see the traceback)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ._checks import check_int, check_number, resolve_device
+from .demo import DEMO_DURATION
+from .postprocess import check_postprocess_value
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+SEED_MAX = 2**63 - 1
 
 
 class UsageError(Exception):
     """A problem with the user's input, reported in one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage block), like every other CLI error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _checked(parse, check):
+    """An argparse type: ``parse`` the text, then ``check`` the value (a _checks rule)."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        try:
+            return check(value)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def _count(minimum: int = 1, maximum: int = 2**31 - 1):
+    return _checked(int, lambda v: check_int(v, None, minimum=minimum, maximum=maximum))
+
+
+def _post(field: str):
+    """The rule of PostprocessConfig ``field`` as an argparse type."""
+    parse = int if field in ("min_votes", "smooth_radius") else float
+    return _checked(parse, lambda v: check_postprocess_value(field, v, name=""))
+
+
+def _positive_number(text: str) -> float:
+    return _checked(float, lambda v: check_number(v, None, positive=True))(text)
+
+
+def _fraction(text: str) -> float:
+    value = _checked(float, lambda v: check_number(v, None, positive=True))(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    try:
+        resolve_device(text, what="")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip(": ")) from None
+    return text
+
+
 def _floats(text: str) -> tuple:
     try:
-        return tuple(float(v) for v in text.replace("x", ",").split(",") if v)
+        values = tuple(float(v) for v in text.replace("x", ",").split(",") if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    for v in values:
+        _checked(float, lambda x: check_number(x, None, positive=True))(repr(v))
+    return values
 
 
 def _ints(text: str) -> tuple:
     try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    for v in values:
+        _count()(str(v))
+    return values
 
 
 def _per_axis(values: Optional[tuple], ndim: int, name: str):
@@ -63,12 +131,31 @@ def _label_path_for(image: Path, label_dir: Path) -> Path:
 
 
 def _load_pairs(image_dir: Path, label_dir: Path, undefined=None):
+    """(pairs, image paths) of a folder pair."""
     from .data import FolderDataset
 
     for path, what in ((image_dir, "images"), (label_dir, "labels")):
         if not path.is_dir():
             raise UsageError(f"{what}: no such file or folder: {path}")
-    return list(FolderDataset(image_dir, label_dir, undefined=undefined))
+    dataset = FolderDataset(image_dir, label_dir, undefined=undefined)
+    return list(dataset), [image for image, _ in dataset.pairs]
+
+
+def _data_shape(pairs, paths, ndim_option: Optional[int]):
+    """(ndim, channels) agreed by every image, else a UsageError naming two files that differ.
+    The labels give the spatial dimensions; an image with one more axis has channels last."""
+    kinds = {}
+    for (image, labels), path in zip(pairs, paths):
+        channels = image.shape[-1] if image.ndim == labels.ndim + 1 else 1
+        kinds.setdefault((labels.ndim, channels), path)
+    if len(kinds) > 1:
+        (a, pa), (b, pb) = list(kinds.items())[:2]
+        raise UsageError(f"{pa} is {a[0]}D with {a[1]} channel(s) but {pb} is {b[0]}D with {b[1]} channel(s); "
+                         "one model trains on one kind of image: put them in separate folders")
+    (ndim, channels), path = next(iter(kinds.items()))
+    if ndim_option is not None and ndim_option != ndim:
+        raise UsageError(f"--ndim {ndim_option}: {path} (labels {pairs[0][1].shape}) is {ndim}D")
+    return ndim, channels
 
 
 # ---- demo ------------------------------------------------------------------------------------
@@ -90,7 +177,7 @@ def _train_from_config(args) -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps), ("lr", args.lr),
                                    ("device", args.device)) if v is not None}
     result = cfg.run_training(out_dir=args.out, resume=not args.no_resume, **overrides)
-    print(f"best validation F1@0.5 {result.best_f1:.3f}; checkpoint {result.best_checkpoint}")
+    _report_training(result)
     return 0
 
 
@@ -98,53 +185,69 @@ def cmd_train(args) -> int:
     if args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         from .distributed import launch, without_option
 
-        if args.nproc < 1:
-            raise UsageError(f"--nproc: expected a positive number of processes, got {args.nproc}")
         return launch(args.nproc, without_option(args.argv, "--nproc"))
     if args.config:
         return _train_from_config(args)
     if not (args.images and args.labels and args.out):
         raise UsageError("give --images, --labels and --out (or --config FILE)")
+    if bool(args.val_images) != bool(args.val_labels):
+        raise UsageError("--val-images and --val-labels go together")
+    import torch
+
     from .model import RDCNet
     from .postprocess import PostprocessConfig
-    from .train import TrainConfig, train
+    from .train import TrainConfig, check_crop, check_finite_pixels, resume_state, train
 
-    pairs = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
+    pairs, paths = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
+    val, val_paths = [], []
     if args.val_images:
-        if not args.val_labels:
-            raise UsageError("--val-images needs --val-labels")
-        val = _load_pairs(Path(args.val_images), Path(args.val_labels), args.undefined)
-    else:
+        val, val_paths = _load_pairs(Path(args.val_images), Path(args.val_labels), args.undefined)
+    ndim, in_channels = _data_shape(pairs + val, paths + val_paths, args.ndim)
+    if not args.mask_nonfinite:
+        for (image, _), path in zip(pairs + val, paths + val_paths):
+            check_finite_pixels(image, str(path), "--mask-nonfinite")
+    spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
+    factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
+    crop = check_crop(_per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256)), factor,
+                      "--crop")
+    if not args.val_images:
         if len(pairs) < 2:
             raise UsageError("need at least 2 training images to hold one out for validation "
                              "(or give --val-images/--val-labels)")
-        rng = np.random.default_rng(args.seed)
-        order = rng.permutation(len(pairs))
         n_val = max(1, int(round(len(pairs) * args.val_fraction)))
+        if n_val >= len(pairs):
+            raise UsageError(f"--val-fraction {args.val_fraction:g} holds out {n_val} of {len(pairs)} images, "
+                             "leaving none to train on; lower it or give --val-images/--val-labels")
+        order = np.random.default_rng(args.seed).permutation(len(pairs))
         val = [pairs[i] for i in order[:n_val]]
         pairs = [pairs[i] for i in order[n_val:]]
-    image0 = pairs[0][0]
-    ndim = args.ndim or (3 if image0.ndim == 3 and image0.shape[-1] not in (3, 4) else 2)
-    in_channels = 1 if image0.ndim == ndim else image0.shape[-1]
-    spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
-    factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
-    crop = _per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256))
-    import torch
-
-    torch.manual_seed(args.seed)  # the same seed, the same initial weights (on every DDP rank too)
+    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop,
+                      epochs=50 if args.epochs is None else args.epochs,
+                      steps_per_epoch=100 if args.steps is None else args.steps,
+                      lr=1e-3 if args.lr is None else args.lr,
+                      augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
+                      seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite,
+                      postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
+                                                    opening_radius=args.opening_radius))
+    torch.manual_seed(args.seed)  # the initial weights too: same command and seed, same run
     model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
                    dilations=args.dilations, iterations=args.iterations, spacing=spacing,
                    downsampling_channels=args.downsampling_channels)
-    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop, epochs=args.epochs or 50,
-                      steps_per_epoch=args.steps or 100, lr=args.lr or 1e-3, augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
-                      seed=args.seed, device=args.device or "auto",
-                      postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
-                                                    opening_radius=args.opening_radius))
-    print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
+    if not args.no_resume:
+        resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
+    if os.environ.get("RANK", "0") == "0":  # once per DDP job
+        print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
     result = train(model, pairs, val, cfg, resume=not args.no_resume)
-    print(f"best validation F1@0.5 {result.best_f1:.3f}; checkpoint {result.best_checkpoint}")
+    _report_training(result)
     return 0
+
+
+def _report_training(result) -> None:
+    if result.best_f1 == result.best_f1:
+        print(f"best validation F1@0.5 {result.best_f1:.3f}; checkpoint {result.best_checkpoint}")
+    else:
+        print(f"checkpoint {result.best_checkpoint} (lowest validation loss: the validation labels hold no instances)")
 
 
 # ---- predict ---------------------------------------------------------------------------------
@@ -198,23 +301,34 @@ def cmd_predict(args) -> int:
     from tqdm.auto import tqdm
 
     from .data import read_image, write_labels
-    from .predict import predict
+    from .predict import check_tile_shape, predict
     from .train import load_checkpoint
 
     files = _image_files(Path(args.input), "input")
     model, post, _ = load_checkpoint(args.model, device=args.device)
+    tile = None
+    if args.tile is not None:
+        tile = check_tile_shape(_per_axis(args.tile, model.config.ndim, "tile"), model.config, "--tile")
     for name in ("min_distance", "min_votes", "opening_radius"):
         value = getattr(args, name)
         if value is not None:
             setattr(post, name, value)
     out = Path(args.out)
     single = len(files) == 1 and Path(args.input).is_file()
-    if not (single and out.suffix.lower() in (".tif", ".tiff")):
-        out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir() and not single:
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    # The output folder is created by the first write: a failure before it leaves nothing behind.
     for path in tqdm(files, desc="segmenting", unit="image", disable=len(files) < 2):
         image = read_image(path)
-        labels = predict(model, image, post, tile_shape=_per_axis(args.tile, model.config.ndim, "tile"),
-                         device=args.device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                labels = predict(model, image, post, tile_shape=tile, device=args.device, progress=True)
+            except ValueError as exc:
+                raise UsageError(f"{path}: {exc}") from None
+        for w in caught:  # what the user should see, now naming the file
+            if issubclass(w.category, (UserWarning, RuntimeWarning)):
+                warnings.warn(f"{path}: {w.message}", w.category)
         target = _output_path(out, path, single)
         write_labels(target, labels)
         print(f"{path} -> {target}: {int(labels.max())} objects")
@@ -268,9 +382,12 @@ def cmd_evaluate(args) -> int:
 
 def _int_sets(text: str):
     try:
-        return [tuple(int(v) for v in part.split(",") if v) for part in text.split(";") if part.strip()]
+        sets = [tuple(int(v) for v in part.split(",") if v) for part in text.split(";") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sets like '1;1,2;1,2,4,8', got {text!r}") from None
+        sets = []
+    if not sets or not all(s and min(s) >= 1 for s in sets):
+        raise argparse.ArgumentTypeError(f"expected sets of positive integers like '1;1,2;1,2,4,8', got {text!r}")
+    return sets
 
 
 def cmd_sweep(args) -> int:
@@ -304,21 +421,21 @@ def cmd_show(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="rdcnet",
         description="RDCNet instance segmentation for 2D and 3D microscopy (Ortiz et al. 2020).",
         epilog="Run 'rdcnet <command> --help' for the options of a command.")
     sub = p.add_subparsers(dest="command", metavar="command", required=True)
 
     d = sub.add_parser("demo", help="train on built-in synthetic nuclei, segment held-out images, report metrics",
-                       description="Generate synthetic 2D nuclei, train a small RDCNet (about 3 minutes on 2 cores), "
+                       description=f"Generate synthetic 2D nuclei, train a small RDCNet ({DEMO_DURATION}), "
                                    "segment held-out images, print precision/recall/F1@0.5, SBD and AJI and "
                                    "write an overlay PNG. Needs no data and no GPU.")
     d.add_argument("--out", default="rdcnet-demo", help="output folder (default: %(default)s)")
-    d.add_argument("--steps", type=int, default=500, help="training steps per epoch, 12 epochs (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    d.add_argument("--quick", action="store_true", help="a tiny run to check the installation (seconds)")
+    d.add_argument("--steps", type=_count(), default=500, help="training steps per epoch, 12 epochs (default: %(default)s)")
+    d.add_argument("--seed", type=_count(0, SEED_MAX), default=0)
+    d.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    d.add_argument("--quick", action="store_true", help="a 20-step run to check the installation (about 10 seconds)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on image/label folders",
@@ -332,31 +449,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", help="folder of label images (0 background, 1..K instances)")
     t.add_argument("--val-images", help="folder of validation images (default: hold out --val-fraction)")
     t.add_argument("--val-labels", help="folder of validation labels")
-    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="share of the images held out for validation, in (0, 1) (default: %(default)s)")
     t.add_argument("--out", help="run folder: checkpoints, log.csv, training.png")
     t.add_argument("--ndim", type=int, choices=(2, 3), help="spatial dimensions (default: from the images)")
     t.add_argument("--spacing", type=_floats, help="pixel size per axis, e.g. 2,0.26,0.26 (default: 1)")
     t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: 4 in 2D, 1,4,4 in 3D)")
     t.add_argument("--crop", type=_ints, help="training crop in pixels (default: 256 in 2D, 16,128,128 in 3D)")
-    t.add_argument("--margin", type=float, default=5.0, help="ESJ margin in physical units (default: %(default)s)")
-    t.add_argument("--epochs", type=int, help="default: 50")
-    t.add_argument("--steps", type=int, help="steps per epoch (default: 100)")
-    t.add_argument("--lr", type=float, help="initial learning rate (default: 1e-3, cosine to 1e-5)")
-    t.add_argument("--groups", type=int, default=8)
-    t.add_argument("--channels", type=int, default=64, help="channels per group (default: %(default)s)")
-    t.add_argument("--downsampling-channels", type=int, default=32)
+    t.add_argument("--margin", type=_post("margin"), default=5.0, help="ESJ margin in physical units (default: %(default)s)")
+    t.add_argument("--epochs", type=_count(), help="default: 50; a larger value on resume extends the run")
+    t.add_argument("--steps", type=_count(), help="steps per epoch (default: 100)")
+    t.add_argument("--lr", type=_positive_number, help="initial learning rate (default: 1e-3, cosine to 1e-5)")
+    t.add_argument("--groups", type=_count(), default=8)
+    t.add_argument("--channels", type=_count(), default=64, help="channels per group (default: %(default)s)")
+    t.add_argument("--downsampling-channels", type=_count(), default=32)
     t.add_argument("--dilations", type=_ints, default=(1, 2, 4, 8))
-    t.add_argument("--iterations", type=int, default=5)
+    t.add_argument("--iterations", type=_count(), default=5)
     t.add_argument("--augment", choices=("grey", "rgb", "none"), help="default: rgb for colour images, else grey")
-    t.add_argument("--min-votes", type=int, default=5, help="minimum votes of a centre (default: %(default)s)")
-    t.add_argument("--opening-radius", type=float, help="label-wise opening radius at inference (physical units)")
+    t.add_argument("--min-votes", type=_post("min_votes"), default=5,
+                   help="minimum votes of a centre (default: %(default)s)")
+    t.add_argument("--opening-radius", type=_post("opening_radius"),
+                   help="label-wise opening radius at inference (physical units)")
     t.add_argument("--undefined", type=int, help="label value meaning 'undefined' (ignored in the loss)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", help="auto (default), cpu or cuda")
-    t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has last.pt")
-    t.add_argument("--nproc", type=int, help="train with DistributedDataParallel on this many processes of this "
-                                             "machine (one GPU each with CUDA; gloo on CPU); same as "
-                                             "'torchrun --nproc-per-node N -m rdcnet train ...'")
+    t.add_argument("--mask-nonfinite", action="store_true",
+                   help="leave NaN/Inf image pixels out of the loss (default: refuse such images)")
+    t.add_argument("--seed", type=_count(0, SEED_MAX), default=0,
+                   help="seeds the split, initial weights, crops and augmentation (default: %(default)s)")
+    t.add_argument("--device", type=_device, help="auto (default), cpu or cuda")
+    t.add_argument("--no-resume", action="store_true",
+                   help="start over even if the run folder has last.pt (a resumed run must keep its options, "
+                        "except --epochs and --device)")
+    t.add_argument("--nproc", type=_count(), help="train with DistributedDataParallel on this many processes of this "
+                                                 "machine (one GPU each with CUDA; gloo on CPU); same as "
+                                                 "'torchrun --nproc-per-node N -m rdcnet train ...'")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("predict", help="segment images with a trained model",
@@ -369,12 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", help="image file or folder")
     r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo'")
     r.add_argument("--out", required=True, help="output folder, or a .tif path for a single input")
-    r.add_argument("--tile", type=_ints, help="tile size in pixels for large images")
-    r.add_argument("--min-distance", type=float, help="peak window half-size (default: the training margin)")
-    r.add_argument("--min-votes", type=int, help="minimum votes of a centre (default: from the checkpoint)")
-    r.add_argument("--opening-radius", type=float, help="label-wise opening radius (default: from the checkpoint)")
-    r.add_argument("--device", default="cpu", help="cpu, cuda or auto (large images: each dask worker "
-                                                   "uses its own GPU with auto)")
+    r.add_argument("--tile", type=_ints, help="tile size in pixels for large images (at least twice the model's "
+                                              "receptive-field overlap, e.g. 128 for the default 2D model)")
+    r.add_argument("--min-distance", type=_post("min_distance"),
+                   help="peak window half-size (default: the training margin)")
+    r.add_argument("--min-votes", type=_post("min_votes"), help="minimum votes of a centre (default: from the checkpoint)")
+    r.add_argument("--opening-radius", type=_post("opening_radius"),
+                   help="label-wise opening radius (default: from the checkpoint)")
+    r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (large images: each dask "
+                                                                 "worker uses its own GPU with auto)")
     large = r.add_argument_group("large images (OME-Zarr/TIFF, chunked; exact: equals whole-image decoding)")
     large.add_argument("--chunks", type=_ints, help="chunk size per axis for the chunked path (default: 1024 in "
                                                     "2D, 64,512,512 in 3D); implied by a .zarr input or output")
@@ -394,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "write metrics.md/csv, table1.md and f1_vs_iou.png")
     e.add_argument("--checkpoint", help="with --config: model to evaluate (default: <run>/best.pt)")
     e.add_argument("--split", help="with --config: split to evaluate (default: test)")
-    e.add_argument("--device", help="with --config: cpu or cuda")
+    e.add_argument("--device", type=_device, help="with --config: cpu or cuda")
     e.add_argument("--truth", help="ground-truth label file or folder")
     e.add_argument("--pred", help="predicted label file or folder (same file names)")
     e.add_argument("--out", help="folder for metrics.md, metrics.csv, f1_vs_iou.png")
@@ -408,9 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dilations", type=_int_sets, help="dilation sets, e.g. '1;1,2;1,2,4;1,2,4,8'")
     w.add_argument("--iterations", type=_ints, help="iteration counts, e.g. 1,2,3,5,10")
     w.add_argument("--out", help="sweep folder (default: from the file)")
-    w.add_argument("--epochs", type=int)
-    w.add_argument("--steps", type=int, help="steps per epoch")
-    w.add_argument("--device")
+    w.add_argument("--epochs", type=_count())
+    w.add_argument("--steps", type=_count(), help="steps per epoch")
+    w.add_argument("--device", type=_device)
     w.add_argument("--no-resume", action="store_true")
     w.set_defaults(func=cmd_sweep)
 
@@ -420,22 +548,60 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("image", help="image file")
     v.add_argument("--model", required=True, help="checkpoint")
     v.add_argument("--out", required=True, help="output folder")
-    v.add_argument("--iterations", type=int, help="iterations to run (default: the model's)")
-    v.add_argument("--z", type=int, help="3D: slice to show (default: the middle)")
-    v.add_argument("--device", default="cpu")
+    v.add_argument("--iterations", type=_count(), help="iterations to run (default: the model's)")
+    v.add_argument("--z", type=_count(0), help="3D: slice to show (default: the middle)")
+    v.add_argument("--device", type=_device, default="cpu")
     v.set_defaults(func=cmd_show)
     return p
 
 
+# Settings of a run (TrainConfig / RDCNet fields) -> the option that sets them, for resume messages.
+_FLAGS = {"margin": "--margin", "crop": "--crop", "steps_per_epoch": "--steps", "lr": "--lr", "seed": "--seed",
+          "augment": "--augment", "mask_nonfinite": "--mask-nonfinite", "postprocess.margin": "--margin",
+          "postprocess.min_votes": "--min-votes", "postprocess.opening_radius": "--opening-radius",
+          "model.groups": "--groups", "model.channels_per_group": "--channels", "model.dilations": "--dilations",
+          "model.iterations": "--iterations", "model.factor": "--factor", "model.spacing": "--spacing",
+          "model.downsampling_channels": "--downsampling-channels", "model.ndim": "--ndim",
+          "model.in_channels": "image channels"}
+
+
+def _resume_message(exc) -> str:
+    how = "rerun with --no-resume to start over (or use another --out)"
+    if not exc.differences:
+        return f"cannot resume from {exc.path}: {exc.reason}; {how}"
+    seen, parts = set(), []
+    for key, old, new in exc.differences:
+        flag = _FLAGS.get(key, key)
+        if flag not in seen:
+            seen.add(flag)
+            parts.append(f"{flag} was {old!r}, now {new!r}")
+    return (f"cannot resume from {exc.path}: it was trained with other options ({'; '.join(parts)}); "
+            f"rerun with the same options, or {how.replace('rerun with', 'with')}")
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Warnings as 'rdcnet <command>: warning: ...' lines, like the errors."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *a, **k: print(
+            f"rdcnet {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        yield
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .train import NonFiniteLossError, ResumeError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs per process
     try:
-        return args.func(args)
+        with _one_line_warnings(args.command):
+            return args.func(args)
     except UsageError as exc:
         print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
-    except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
+    except ResumeError as exc:
+        print(f"rdcnet {args.command}: error: {_resume_message(exc)}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, TypeError, OSError, NonFiniteLossError) as exc:
         if os.environ.get("RDCNET_DEBUG"):
             raise
         message = " ".join(str(exc).split())  # some messages list files on several lines

@@ -20,7 +20,9 @@ DEMO_MODEL = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=16, gro
 DEMO_MARGIN = 4.0
 DEMO_CROP = (96, 96)
 DEMO_EPOCHS = 12
-DEMO_STEPS = 500  # per epoch: 6000 steps of batch 2, about 3 minutes on 2 cores
+DEMO_STEPS = 500  # per epoch: 6000 steps of batch 2
+#: wall time of the whole demo on a 2-core Xeon without GPU (README, 2026-11-25); --quick: ~10 s
+DEMO_DURATION = "about 4.5 minutes on 2 CPU cores"
 
 
 def _log(msg: str) -> None:
@@ -36,11 +38,12 @@ def run_demo(out_dir: Path = Path("rdcnet-demo"), steps: int = DEMO_STEPS, seed:
     from .model import RDCNet
     from .postprocess import PostprocessConfig
     from .predict import predict
+    from ._checks import check_int, resolve_device
     from .train import TrainConfig, load_checkpoint, train
     from .viz import save_overlay
 
-    if steps < 1:
-        raise ValueError(f"steps: expected a positive number of steps per epoch, got {steps}")
+    steps = check_int(steps, "steps", minimum=1)
+    dev = resolve_device(device, "device")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,12 +55,11 @@ def run_demo(out_dir: Path = Path("rdcnet-demo"), steps: int = DEMO_STEPS, seed:
 
     torch.manual_seed(seed)
     model = RDCNet(**DEMO_MODEL)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
     epochs = 1 if quick else DEMO_EPOCHS
     steps = 20 if quick else steps
     _log(f"training a small RDCNet ({sum(p.numel() for p in model.parameters()):,} parameters) on {dev}: "
-         f"{epochs} epochs × {steps} steps of batch 2 (about 3 minutes on 2 CPU cores)")
+         f"{epochs} epochs × {steps} steps of batch 2"
+         f"{'' if quick or steps != DEMO_STEPS else ' (' + DEMO_DURATION + ' in all)'}")
     post = PostprocessConfig(margin=DEMO_MARGIN, min_votes=5, smooth_radius=1)
     config = TrainConfig(out_dir=str(out_dir / "run"), margin=DEMO_MARGIN, crop=DEMO_CROP, epochs=epochs,
                          steps_per_epoch=steps, augment="grey", seed=seed, device=str(dev), postprocess=post)

@@ -66,6 +66,15 @@ class Context:
         """A distinct seed per rank for crops, augmentation and dropout."""
         return seed + self.rank
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a collective: every rank must call it)."""
+        if not self.active:
+            return flag
+        on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+        t = torch.tensor([1.0 if flag else 0.0], device=on)
+        torch.distributed.all_reduce(t)
+        return bool(t.item() > 0)
+
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()

@@ -13,7 +13,32 @@ import torch
 
 from rdcnet_ext import ops
 
-__all__ = ["PostprocessConfig", "labels_from_output"]
+from ._checks import check_int, check_number
+
+__all__ = ["PostprocessConfig", "labels_from_output", "check_postprocess_value"]
+
+# What each decoding parameter accepts: (kind, lower bound, may be None). Distances are finite
+# (the ops clip windows and balls to the image); counts fit the ops' int32 vote maps.
+_RULES = {
+    "margin": ("positive", None, False),
+    "min_distance": ("positive", None, True),
+    "min_votes": ("int", 0, False),
+    "smooth_radius": ("int", 0, False),
+    "max_distance": ("positive", None, True),
+    "opening_radius": ("number", 0.0, True),
+}
+
+
+def check_postprocess_value(field: str, value, name: str = None):
+    """``value`` checked against the rule of :class:`PostprocessConfig` field ``field``
+    (``name`` goes into the message, e.g. a CLI flag; default: the field)."""
+    kind, lower, optional = _RULES[field]
+    name = field if name is None else name
+    if value is None and optional:
+        return None
+    if kind == "int":
+        return check_int(value, name, minimum=lower)
+    return check_number(value, name, positive=kind == "positive", minimum=lower)
 
 
 @dataclass
@@ -34,6 +59,10 @@ class PostprocessConfig:
     smooth_radius: int = 1
     max_distance: Optional[float] = None
     opening_radius: Optional[float] = None
+
+    def __post_init__(self):
+        for field in _RULES:
+            setattr(self, field, check_postprocess_value(field, getattr(self, field)))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -11,10 +12,34 @@ import torch
 from .model import RDCNet, RDCNetOutput
 from .postprocess import PostprocessConfig, labels_from_output
 
-__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE"]
+__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "check_tile_shape"]
 
 # Tiles bound memory on large images; the overlap covers the receptive field that matters.
 DEFAULT_TILE = {2: (1024, 1024), 3: (64, 512, 512)}
+
+
+def _context(cfg) -> tuple:
+    """Per axis, the overlap (pixels) a tile needs on each side: half the coarse receptive field
+    of the dilated block."""
+    return tuple(f * max(cfg.dilations) * 2 for f in cfg.factor)
+
+
+def min_tile_shape(cfg) -> tuple:
+    """The smallest tile per axis for a model configuration: twice the overlap, so that a tile
+    keeps at least half of its pixels and the work stays within 2**ndim times the untiled work."""
+    return tuple(2 * o for o in _context(cfg))
+
+
+def check_tile_shape(tile, cfg, name: str = "tile_shape") -> tuple:
+    """``tile`` (one size per spatial axis) checked against :func:`min_tile_shape`."""
+    tile = tuple(int(t) for t in tile)
+    smallest = min_tile_shape(cfg)
+    if len(tile) != cfg.ndim:
+        raise ValueError(f"{name}: expected {cfg.ndim} sizes for a {cfg.ndim}D model, got {len(tile)}")
+    if any(t < m for t, m in zip(tile, smallest)):
+        raise ValueError(f"{name}: expected at least {','.join(map(str, smallest))} pixels per axis for this model "
+                         f"(twice its receptive-field overlap), got {','.join(map(str, tile))}")
+    return tile
 
 
 def channel_axis_of(image: np.ndarray, model: RDCNet) -> Optional[int]:
@@ -24,15 +49,23 @@ def channel_axis_of(image: np.ndarray, model: RDCNet) -> Optional[int]:
     if image.ndim == cfg.ndim:
         return None
     if image.ndim == cfg.ndim + 1:
-        return 0 if image.shape[0] == cfg.in_channels and image.shape[-1] != cfg.in_channels else -1
-    raise ValueError(f"image: expected {cfg.ndim} spatial axes (plus an optional channel axis), "
-                     f"got shape {image.shape}")
+        first, last = image.shape[0] == cfg.in_channels, image.shape[-1] == cfg.in_channels
+        if cfg.ndim == 2 and cfg.in_channels == 1 and not (first or last):
+            raise ValueError(f"image: the model is 2D with 1 channel, but shape {image.shape} is a 3D stack "
+                             "(or a multi-channel image); use a 3D model for stacks")
+        return 0 if first and not last else -1
+    what = "a 3D model expects (Z, Y, X) stacks" if cfg.ndim == 3 else "a 2D model expects (Y, X) or colour images"
+    raise ValueError(f"image: {what} ({cfg.ndim} spatial axes plus an optional channel axis), "
+                     f"got a {image.ndim}D array of shape {image.shape}")
 
 
-def prepare_image(image, model: RDCNet) -> torch.Tensor:
+def prepare_image(image, model: RDCNet, return_nonfinite: bool = False):
     """Raw image (*S) grey, (Y, X, C) / (C, Y, X) colour in 2D, or (Z, Y, X) in 3D → float32
-    (C, *S), normalised exactly as in training (:func:`rdcnet.data.normalize_image`)."""
-    from .data import normalize_image
+    (C, *S), normalised exactly as in training (:func:`rdcnet.data.normalize_image`).
+
+    Non-finite pixels (NaN, ±Inf in any channel) are set to 0 and a warning gives their count;
+    with ``return_nonfinite`` the spatial mask of them (or None) is returned as well."""
+    from .data import nonfinite_pixels, normalize_image
 
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -42,7 +75,13 @@ def prepare_image(image, model: RDCNet) -> torch.Tensor:
     if x.shape[0] != cfg.in_channels:
         raise ValueError(f"image: the model expects {cfg.in_channels} channel(s), got {x.shape[0]} "
                          f"(shape {image.shape})")
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    bad = nonfinite_pixels(x)
+    if bad is not None:
+        warnings.warn(f"{int(bad.sum())} of {bad.size} pixels are not finite (NaN or Inf): they are "
+                      "treated as background and the rest of the image is segmented as usual", stacklevel=2)
+        x[:, bad] = 0.0
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return (x, bad) if return_nonfinite else x
 
 
 def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], factor: Sequence[int]):
@@ -69,17 +108,21 @@ def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], fa
 @torch.no_grad()
 def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence[int]] = None,
                    overlap: Optional[Sequence[int]] = None, device=None,
-                   iterations: Optional[int] = None) -> RDCNetOutput:
+                   iterations: Optional[int] = None, progress: bool = False) -> RDCNetOutput:
     """Model output for one normalised image ``x`` (C, *S): embeddings (ndim, *S) and
     probabilities (n_classes, *S) on ``device``. Large images are processed in overlapping tiles
-    whose centres are stitched; embeddings stay global because each tile passes its origin."""
+    (at least :func:`min_tile_shape`) whose centres are stitched; embeddings stay global because
+    each tile passes its origin. ``progress`` shows a bar over the tiles."""
     cfg = model.config
     device = torch.device(device) if device is not None else next(model.parameters()).device
     spatial = tuple(x.shape[1:])
-    tile = tuple(tile_shape) if tile_shape is not None else DEFAULT_TILE[cfg.ndim]
+    if tile_shape is not None:
+        tile = check_tile_shape(tile_shape, cfg)
+    else:
+        tile = tuple(max(t, m) for t, m in zip(DEFAULT_TILE[cfg.ndim], min_tile_shape(cfg)))
     if overlap is None:
         # Half the coarse receptive field of the dilated block, in pixels, capped by the tile.
-        overlap = tuple(min(t // 4, f * max(cfg.dilations) * 2) for t, f in zip(tile, cfg.factor))
+        overlap = tuple(min(t // 4, o) for t, o in zip(tile, _context(cfg)))
     was_training = model.training
     model.eval()
     try:
@@ -89,7 +132,11 @@ def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence
         emb = torch.empty((cfg.ndim, *spatial), device=device)
         prob = torch.empty((cfg.n_classes, *spatial), device=device)
         logits = torch.empty((cfg.n_classes, *spatial), device=device)
-        for read, inner, write in _tiles(spatial, tile, overlap, cfg.factor):
+        from tqdm.auto import tqdm
+
+        tiles = list(_tiles(spatial, tile, overlap, cfg.factor))
+        for read, inner, write in tqdm(tiles, desc="tiles", unit="tile", leave=False, mininterval=1.0,
+                                       disable=not progress or len(tiles) < 4):
             origin = tuple(r.start for r in read)
             out = model(x[(slice(None),) + read][None].to(device), origin=origin, iterations=iterations)
             emb[(slice(None),) + write] = out.embeddings[0][(slice(None),) + inner]
@@ -102,7 +149,7 @@ def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence
 
 def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, None] = None,
             tile_shape: Optional[Sequence[int]] = None, device=None, iterations: Optional[int] = None,
-            return_output: bool = False):
+            return_output: bool = False, progress: bool = False):
     """Segment one raw image into int32 instance labels (NumPy, same spatial shape).
 
     Args:
@@ -114,6 +161,11 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
         device: where the model runs (default: where its parameters are).
         iterations: stop the recurrence after this many steps (default: the configured number).
         return_output: also return the :class:`RDCNetOutput` (embeddings, probabilities).
+        progress: show a progress bar over the tiles of a large image.
+
+    Non-finite input pixels (NaN, ±Inf) are labelled 0 (with a warning giving their count); they
+    take no part in the normalisation, enter the network as 0 and cast no votes, so one bad patch
+    does not spoil the rest of the image.
 
     Example::
 
@@ -126,8 +178,14 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
     if isinstance(postprocess, dict):
         postprocess = PostprocessConfig(**postprocess)
     postprocess = postprocess or PostprocessConfig()
-    x = prepare_image(image, model)
-    out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations)
+    x, bad = prepare_image(image, model, return_nonfinite=True)
+    out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations, progress=progress)
+    if bad is not None:  # no data there: background, and no votes from it
+        keep = torch.from_numpy(~bad).to(out.probabilities.device)
+        probabilities = out.probabilities.clone()
+        probabilities[0] = torch.where(keep, probabilities[0], torch.ones_like(probabilities[0]))
+        probabilities[1:] *= keep
+        out = RDCNetOutput(out.embeddings, probabilities, out.logits)
     labels = labels_from_output(out.embeddings, out.probabilities, model.config.spacing, postprocess)
     labels = labels.cpu().numpy().astype(np.int32, copy=False)
     return (labels, out) if return_output else labels

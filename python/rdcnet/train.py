@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -15,16 +17,39 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._files import atomic_write
+from ._checks import check_int, check_number, resolve_device
+from ._files import atomic_write, remove_stale_temporaries
 from .distributed import Context, state_for
 from .losses import RDCNetLoss
 from .model import RDCNet, RDCNetConfig
 from .postprocess import PostprocessConfig, labels_from_output
 from .predict import channel_axis_of, predict_output
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_checkpoint"]
+__all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_checkpoint", "ResumeError",
+           "NonFiniteLossError", "resume_differences", "resume_state", "check_crop", "check_finite_pixels"]
 
 CHECKPOINT_VERSION = 1
+
+#: Settings that may change when a run is resumed. ``epochs``: the cosine schedule is re-planned
+#: from the learning rate reached so far down to ``lr_min`` over the new remaining steps (so the
+#: learning rate never climbs back up); the others do not change what is learned. Every other
+#: difference (model, margin, crop, steps, learning rates, augmentation, seed, decoding, masking)
+#: makes ``train`` refuse to resume (:class:`ResumeError`).
+RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "tune_postprocess")
+
+
+class ResumeError(ValueError):
+    """``out_dir/last.pt`` cannot be resumed: unreadable, or written with other settings.
+    ``path``: the checkpoint; ``reason``: why; ``differences``: (setting, saved, now) triples."""
+
+    def __init__(self, path, reason: str, differences=(), how: str = "resume=False"):
+        self.path, self.reason, self.differences = Path(path), reason, list(differences)
+        super().__init__(f"cannot resume from {path}: {reason}; to start over pass {how} "
+                         "(or use another out_dir)")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss or weights; the checkpoints on disk are left untouched."""
 
 
 @dataclass
@@ -43,6 +68,8 @@ class TrainConfig:
     postprocess: decoding used for validation and saved for inference.
     tune_postprocess: after training, choose the peak window and ``min_votes`` on the
         validation images and store them in ``best.pt`` (see :func:`tune_postprocess`).
+    mask_nonfinite: leave non-finite image pixels (NaN, ±Inf) out of the loss (their labels
+        become -1, their values 0) instead of refusing such images.
     """
 
     out_dir: str = "rdcnet-run"
@@ -58,6 +85,23 @@ class TrainConfig:
     device: str = "auto"
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     tune_postprocess: bool = True
+    mask_nonfinite: bool = False
+
+    def __post_init__(self):
+        self.margin = check_number(self.margin, "margin", positive=True)
+        self.crop = tuple(check_int(c, "crop", minimum=1) for c in self.crop)
+        self.epochs = check_int(self.epochs, "epochs", minimum=0)
+        self.steps_per_epoch = check_int(self.steps_per_epoch, "steps_per_epoch", minimum=1)
+        self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
+        self.lr = check_number(self.lr, "lr", positive=True)
+        self.lr_min = check_number(self.lr_min, "lr_min", minimum=0.0)
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min: expected at most lr ({self.lr:g}), got {self.lr_min:g}")
+        self.seed = check_int(self.seed, "seed", minimum=0, maximum=2**63 - 1)
+        if isinstance(self.postprocess, dict):
+            self.postprocess = PostprocessConfig(**self.postprocess)
+        if not isinstance(self.postprocess, PostprocessConfig):
+            raise TypeError(f"postprocess: expected a PostprocessConfig, got {type(self.postprocess).__name__}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -78,12 +122,6 @@ class TrainResult:
     last_checkpoint: Path
     history: List[dict]
     best_f1: float
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def save_checkpoint(path, model: RDCNet, train_config: Optional[TrainConfig] = None, **state) -> None:
@@ -156,8 +194,29 @@ class _Sampler:
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def _prepare(pairs, model: RDCNet, name: str):
-    from .data import normalize_image
+def check_crop(crop, factor, name: str = "crop") -> tuple:
+    """A training crop must span at least one down-sampling step per axis."""
+    crop = tuple(int(c) for c in crop)
+    if len(crop) != len(factor):
+        raise ValueError(f"{name}: expected {len(factor)} sizes, got {len(crop)}")
+    if any(c < f for c, f in zip(crop, factor)):
+        raise ValueError(f"{name}: expected at least the down-sampling factor ({','.join(map(str, factor))}) "
+                         f"per axis, got {','.join(map(str, crop))}")
+    return crop
+
+
+def check_finite_pixels(image, name: str, option: str = "mask_nonfinite=True") -> None:
+    """Refuse a training image with NaN/Inf pixels, naming it and the ``option`` that masks them."""
+    from .data import count_nonfinite
+
+    n = count_nonfinite(image)
+    if n:
+        raise ValueError(f"{name}: {n} of {np.asarray(image).size} pixel values are not finite (NaN or Inf); "
+                         f"fix the image, or pass {option} to leave those pixels out of the loss")
+
+
+def _prepare(pairs, model: RDCNet, name: str, mask_nonfinite: bool = False):
+    from .data import nonfinite_pixels, normalize_image
 
     images, labels = [], []
     for i, pair in enumerate(pairs):
@@ -166,19 +225,25 @@ def _prepare(pairs, model: RDCNet, name: str):
         except (TypeError, ValueError):
             raise TypeError(f"{name}: expected (image, labels) pairs, item {i} is {type(pair).__name__}") from None
         image, lab = np.asarray(image), np.asarray(lab)
+        if not mask_nonfinite:
+            check_finite_pixels(image, f"{name}[{i}]")
         try:
             axis = channel_axis_of(image, model)
-        except ValueError:
-            raise ValueError(f"{name}[{i}]: expected an image with {model.config.ndim} spatial axes (plus an "
-                             f"optional channel axis), got shape {image.shape}") from None
+        except ValueError as exc:
+            raise ValueError(f"{name}[{i}]: {str(exc).split(': ', 1)[-1]}") from None
         x = normalize_image(image, channel_axis=axis)
         if x.shape[1:] != lab.shape:
             raise ValueError(f"{name}[{i}]: image spatial shape {x.shape[1:]} does not match labels {lab.shape}")
         if x.shape[0] != model.config.in_channels:
             raise ValueError(f"{name}[{i}]: the model expects {model.config.in_channels} channel(s), "
                              f"got {x.shape[0]} (image shape {image.shape})")
+        lab = lab.astype(np.int64)
+        bad = nonfinite_pixels(x)
+        if bad is not None:  # only with mask_nonfinite: no data there, so no loss either
+            x[:, bad] = 0.0
+            lab[bad] = -1
         images.append(x)
-        labels.append(lab.astype(np.int64))
+        labels.append(lab)
     if not images:
         raise ValueError(f"{name}: expected at least one (image, labels) pair, got none")
     return images, labels
@@ -247,6 +312,106 @@ def _write_log(out_dir: Path, history: List[dict]) -> None:
     atomic_write(out_dir / "training.png", lambda tmp: plot_training(history, tmp))
 
 
+# What a run folder holds (and so which stray temporaries of atomic_write may be cleaned).
+_RUN_FILES = ("last.pt", "best.pt", "log.csv", "training.png", "splits.json", "config.json")
+_RESUME_KEYS = ("model_config", "state_dict", "optimizer", "scheduler", "numpy_rng", "torch_rng", "history",
+                "best_f1", "epoch")
+
+
+def _plain(value):
+    """Lists for tuples, recursively, so settings compare equal however they were stored."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _train_defaults() -> dict:
+    return TrainConfig().to_dict()
+
+
+def resume_differences(saved: dict, config: TrainConfig, saved_model: Optional[dict] = None,
+                       model: Optional[RDCNetConfig] = None) -> List[Tuple[str, object, object]]:
+    """The settings that differ between a checkpoint (its ``train_config`` and ``model_config``)
+    and this run and may not change on resume (all but :data:`RESUMABLE_CHANGES`), as
+    ``(setting, saved, now)``; decoding settings as ``postprocess.<field>``, model settings as
+    ``model.<field>``."""
+    diffs = []
+    if saved_model is not None and model is not None:
+        now_model = model.to_dict()
+        for key in sorted(set(saved_model) | set(now_model)):
+            if _plain(saved_model.get(key)) != _plain(now_model.get(key)):
+                diffs.append((f"model.{key}", saved_model.get(key), now_model.get(key)))
+    defaults, now = _train_defaults(), config.to_dict()
+    for key, value in now.items():
+        if key in RESUMABLE_CHANGES:
+            continue
+        old = (saved or {}).get(key, defaults[key])
+        if key == "postprocess":
+            for name, v in value.items():
+                o = (old or {}).get(name, defaults[key][name])
+                if _plain(o) != _plain(v):
+                    diffs.append((f"postprocess.{name}", o, v))
+        elif _plain(old) != _plain(value):
+            diffs.append((key, old, value))
+    return diffs
+
+
+def resume_state(config: TrainConfig, model: RDCNet) -> Optional[dict]:
+    """The run state in ``config.out_dir/last.pt`` that :func:`train` would resume from (None
+    when there is none), checked to be readable and written with the same settings; raises
+    :class:`ResumeError` otherwise. Callers may use it to fail before any other work."""
+    path = Path(config.out_dir) / "last.pt"
+    return _read_resume_state(path, model, config) if path.exists() else None
+
+
+def _read_resume_state(path: Path, model: RDCNet, config: TrainConfig) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, empty or foreign files fail in many ways
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise ResumeError(path, f"the file is damaged or not a checkpoint ({type(exc).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _RESUME_KEYS):
+        raise ResumeError(path, "it is not a resumable rdcnet checkpoint (one that train writes as last.pt)")
+    diffs = resume_differences(ckpt.get("train_config") or {}, config, ckpt["model_config"], model.config)
+    if diffs:
+        listed = "; ".join(f"{k} was {old!r}, now {new!r}" for k, old, new in diffs)
+        raise ResumeError(path, f"it was written with other settings ({listed})", diffs)
+    return ckpt
+
+
+def _replan_schedule(optimizer, config: TrainConfig, remaining_steps: int):
+    """A cosine from the learning rate reached so far down to ``lr_min`` over the remaining
+    steps: the schedule of a run whose ``epochs`` changed continues without a jump."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(remaining_steps, 1),
+                                                      eta_min=min(config.lr_min, optimizer.param_groups[0]["lr"]))
+
+
+def _check_finite_weights(model: RDCNet, epoch: int) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteLossError(f"training diverged: the weights are not finite after epoch {epoch + 1}; the "
+                                 "checkpoints of earlier epochs are kept; lower the learning rate or check the data")
+
+
+def _tune_best(best_path: Path, val_images, val_labels, config: TrainConfig, device, progress: bool) -> None:
+    """Tune the decoding of ``best.pt`` unless it already was: the tuning is part of the run's
+    state, so a run killed before it resumes into it."""
+    best_model, _, ckpt = load_checkpoint(best_path, device=device)
+    if "postprocess_tuning" in ckpt:
+        return
+    tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device)
+    if progress:
+        print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window "
+              f"{tuned.min_distance if tuned.min_distance is not None else tuned.margin:g} and min_votes "
+              f"{tuned.min_votes} (saved in {best_path.name})", file=sys.stderr)
+    extra = {k: ckpt[k] for k in ("epoch", "history", "best_f1", "best_val_loss", "selected_by") if k in ckpt}
+    save_checkpoint(best_path, best_model, dataclasses.replace(config, postprocess=tuned), **extra,
+                    postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1})
+
+
 def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_data: Sequence,
           config: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True) -> TrainResult:
     """Train an RDCNet on (image, labels) pairs.
@@ -254,30 +419,46 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     Args:
         model: an RDCNet, or its configuration (the model is then built, seeded by ``config.seed``).
         train_data, val_data: sequences of (raw image, int labels) pairs, NumPy arrays; labels
-            0 = background, < 0 = undefined (ignored by the losses).
+            0 = background, < 0 = undefined (ignored by the losses). Images with NaN/Inf pixels
+            are refused unless ``config.mask_nonfinite``.
         config: :class:`TrainConfig`.
-        resume: continue from ``out_dir/last.pt`` when it exists (same model configuration).
+        resume: continue from ``out_dir/last.pt`` when it exists. Only the settings in
+            :data:`RESUMABLE_CHANGES` may differ from the saved run (a changed ``epochs``
+            re-plans the cosine from the current learning rate); any other difference, or an
+            unreadable ``last.pt``, raises :class:`ResumeError`.
         progress: show progress bars.
 
     Every epoch writes ``last.pt`` (atomically) and, when the validation F1 at IoU 0.5 improves,
-    ``best.pt``; an interrupted run resumes after its last finished epoch.
+    ``best.pt`` (by the validation loss instead, with a warning, when the validation labels hold
+    no instances); an interrupted run resumes after its last finished epoch, and into the
+    post-processing tuning when it was killed before that. A NaN/Inf loss stops the run with
+    :class:`NonFiniteLossError` before it touches a checkpoint.
     """
     from tqdm.auto import tqdm
 
+    device = resolve_device(config.device, "device")
     torch.manual_seed(config.seed)
     if not isinstance(model, RDCNet):
         model = RDCNet.from_config(model)
-    device = _device(config.device)
+    check_crop(config.crop, model.config.factor)
     ctx = Context.from_env(device)  # torchrun: one rank of a DistributedDataParallel job
     device = ctx.device(device)
     progress = progress and ctx.is_main
     model.to(device)
-    if len(config.crop) != model.config.ndim:
-        raise ValueError(f"crop: expected {model.config.ndim} sizes, got {config.crop}")
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_images, train_labels = _prepare(train_data, model, "train_data")
-    val_images, val_labels = _prepare(val_data, model, "val_data")
+    stale = remove_stale_temporaries(out_dir, _RUN_FILES) if ctx.is_main else []  # rank 0 is the only writer
+    if stale and progress:
+        print(f"removed {len(stale)} temporary file(s) of an interrupted write in {out_dir}", file=sys.stderr)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    ckpt = resume_state(config, model) if resume else None
+    train_images, train_labels = _prepare(train_data, model, "train_data", config.mask_nonfinite)
+    val_images, val_labels = _prepare(val_data, model, "val_data", config.mask_nonfinite)
+    select_by = "val_f1" if any(bool((y > 0).any()) for y in val_labels) else "val_loss"
+    if select_by == "val_loss":
+        warnings.warn("val_data: the validation labels hold no instances (all background or undefined), so "
+                      "F1 says nothing: best.pt is chosen by the lowest validation loss and the decoding is not "
+                      "tuned", stacklevel=2)
 
     loss_fn = RDCNetLoss(config.margin)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -287,14 +468,9 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     if ctx.active:
         torch.manual_seed(ctx.seed(config.seed))  # distinct dropout per rank; weights come from rank 0
     history: List[dict] = []
-    best_f1, start_epoch = -1.0, 0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    best_f1, best_loss, start_epoch = -1.0, math.inf, 0
 
-    if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ckpt.get("model_config") != model.config.to_dict():
-            raise ValueError(f"resume: {last_path} holds a model with another configuration; "
-                             "use another out_dir or resume=False")
+    if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -304,6 +480,14 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             rng.bit_generator.state = ckpt["numpy_rng_ranks"][ctx.rank]
             torch.set_rng_state(ckpt["torch_rng_ranks"][ctx.rank])
         history, best_f1, start_epoch = ckpt["history"], ckpt["best_f1"], ckpt["epoch"] + 1
+        best_loss = ckpt.get("best_val_loss", math.inf)
+        saved_epochs = (ckpt.get("train_config") or {}).get("epochs", config.epochs)
+        if saved_epochs != config.epochs and start_epoch < config.epochs:
+            scheduler = _replan_schedule(optimizer, config, (config.epochs - start_epoch) * config.steps_per_epoch)
+            if progress:
+                print(f"epochs changed from {saved_epochs} to {config.epochs}: the learning rate anneals from "
+                      f"{optimizer.param_groups[0]['lr']:.3g} to {config.lr_min:.3g} over the remaining "
+                      f"{config.epochs - start_epoch} epoch(s)", file=sys.stderr)
         if progress:
             print(f"resuming from {last_path} after epoch {start_epoch} (best F1@0.5 {best_f1:.3f})", file=sys.stderr)
 
@@ -315,17 +499,25 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
         bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress, unit="step", mininterval=1.0)
-        for _ in bar:
+        for step in bar:
             x, y = sampler.batch(config.batch_size)
             loss, parts = loss_fn(net(x.to(device)), y.to(device))
+            value = float(loss.detach())
+            if ctx.any_rank(not math.isfinite(value)):  # every rank stops together (no one waits in DDP)
+                kept = (f"{last_path.name} and {best_path.name} keep epoch {epoch}" if epoch > 0
+                        else "no checkpoint was written")
+                raise NonFiniteLossError(
+                    f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (learning "
+                    f"rate {scheduler.get_last_lr()[0]:.3g}); {kept}; lower the learning rate or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            sums["loss"] += float(loss.detach())
+            sums["loss"] += value
             sums["class"] += parts["class"]
             sums["embedding"] += parts["embedding"]
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+        _check_finite_weights(model, epoch)
         n = max(config.steps_per_epoch, 1)
         row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,
                "train_embedding_loss": sums["embedding"] / n}
@@ -335,38 +527,33 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             continue
         row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device))
         row["lr"] = scheduler.get_last_lr()[0]
-        row["seconds"] = time.perf_counter() - t0
+        # No wall time in the history: the same command and seed give the same log.csv.
+        seconds = time.perf_counter() - t0
         history.append(row)
-        improved = row["val_f1"] > best_f1
-        best_f1 = max(best_f1, row["val_f1"])
-        state = dict(epoch=epoch, history=history, best_f1=best_f1, optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), numpy_rng=rng.bit_generator.state,
-                     torch_rng=torch.get_rng_state(), **(ranks_state or {}))
+        if select_by == "val_f1":
+            improved = row["val_f1"] > best_f1
+        else:
+            improved = row["val_loss"] < best_loss
         if improved:
-            save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1)
+            best_f1, best_loss = row["val_f1"], row["val_loss"]
+        state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
+                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}))
+        if improved:
+            save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
+                            best_val_loss=best_loss, selected_by=select_by)
         save_checkpoint(last_path, model, config, **state)
         _write_log(out_dir, history)
         ctx.barrier()
         if progress:
             print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
                   f"val loss {row['val_loss']:.4f} val F1@0.5 {row['val_f1']:.3f}"
-                  f"{' (best)' if improved else ''} [{row['seconds']:.1f} s]", file=sys.stderr)
-    if not ctx.is_main:
-        ctx.barrier()  # until rank 0 has tuned and written best.pt
-        ctx.close()
-        return TrainResult(best_path, last_path, history, best_f1)
-    if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
-        save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
-    elif config.tune_postprocess and start_epoch < config.epochs:
-        best_model, _, ckpt = load_checkpoint(best_path, device=device)
-        tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device)
-        if progress:
-            print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window "
-                  f"{tuned.min_distance if tuned.min_distance is not None else tuned.margin:g} and min_votes "
-                  f"{tuned.min_votes} (saved in {best_path.name})", file=sys.stderr)
-        extra = {k: ckpt[k] for k in ("epoch", "history", "best_f1") if k in ckpt}
-        save_checkpoint(best_path, best_model, dataclasses.replace(config, postprocess=tuned), **extra,
-                        postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1})
-    ctx.barrier()
+                  f"{' (best)' if improved else ''} [{seconds:.1f} s]", file=sys.stderr)
+    if ctx.is_main:
+        if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
+            save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
+        elif config.tune_postprocess and select_by == "val_f1" and history:
+            _tune_best(best_path, val_images, val_labels, config, device, progress)
+    ctx.barrier()  # the other ranks wait until rank 0 has tuned and written best.pt
     ctx.close()
-    return TrainResult(best_path, last_path, history, best_f1)
+    return TrainResult(best_path, last_path, history, best_f1 if select_by == "val_f1" else math.nan)

@@ -19,7 +19,8 @@ from .augment import (
     intensity_clip,
     intensity_offset,
 )
-from .dataset import PAD_LABEL, FolderDataset, normalize_image, random_crop, to_channels_first
+from .dataset import (PAD_LABEL, FolderDataset, count_nonfinite, nonfinite_pixels, normalize_image, random_crop,
+                      to_channels_first)
 from .io import IMAGE_SUFFIXES, read_image, read_labels, write_image, write_labels
 from .synthetic import (
     DEFAULT_SPACING_3D,
@@ -37,6 +38,8 @@ __all__ = [
     "FolderDataset",
     "IMAGE_SUFFIXES",
     "PAD_LABEL",
+    "count_nonfinite",
+    "nonfinite_pixels",
     "SYNTHETIC_KINDS",
     "affine",
     "elastic",

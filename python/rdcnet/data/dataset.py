@@ -18,6 +18,8 @@ from .io import IMAGE_SUFFIXES, read_image, read_labels
 __all__ = [
     "FolderDataset",
     "PAD_LABEL",
+    "count_nonfinite",
+    "nonfinite_pixels",
     "normalize_image",
     "random_crop",
     "to_channels_first",
@@ -51,8 +53,10 @@ def normalize_image(
     Returns a new float32 array ``(C, *spatial)``: a grey image ``(*spatial)`` becomes one
     channel; with ``channel_axis`` (e.g. ``-1`` for RGB ``(Y, X, 3)``) that axis is moved first.
     Each channel is mapped affinely so that its ``low``-th percentile (default 1) goes to 0 and
-    its ``high``-th percentile (default 99.8) goes to 1, over all its pixels (NaNs ignored).
-    Values are *not* clipped: brighter/darker pixels land above 1/below 0.
+    its ``high``-th percentile (default 99.8) goes to 1, over its finite pixels. Values are *not*
+    clipped: brighter/darker pixels land above 1/below 0. Non-finite pixels (NaN, ±Inf) take no
+    part in the percentiles and come out as NaN, so one bad patch does not blank the image;
+    callers decide what they mean (:func:`nonfinite_pixels`).
 
     If the two percentiles coincide the range falls back to ``max - min`` and, for a constant
     channel, to 1 (the channel becomes all zeros); no division by zero, no NaNs from it.
@@ -61,7 +65,9 @@ def normalize_image(
     if x.size == 0:
         raise ValueError(f"cannot normalise an empty image of shape {np.shape(image)}")
     x = np.array(x, dtype=np.float32, order="C", copy=True)
-    apply_normalization(x, normalization_ranges(x, low=low, high=high))
+    ranges = normalization_ranges(x, low=low, high=high)
+    x[~np.isfinite(x)] = np.nan  # every non-finite pixel comes out as NaN (see above)
+    apply_normalization(x, ranges)
     return x
 
 
@@ -70,18 +76,18 @@ def normalization_ranges(x: np.ndarray, *, low: float = 1.0, high: float = 99.8)
     :func:`normalize_image` uses (``None`` for a channel without finite values). Large images
     compute them once on a sample and normalise chunk by chunk with :func:`apply_normalization`."""
     flat = x.reshape(x.shape[0], -1)
-    has_nan = not np.all(np.isfinite(flat))
-    pct = np.nanpercentile if has_nan else np.percentile
+    finite = np.isfinite(flat)
+    all_finite = bool(finite.all())
     ranges = []
     for c in range(flat.shape[0]):
-        ch = flat[c]
-        if has_nan and not np.any(np.isfinite(ch)):
+        values = flat[c] if all_finite else flat[c][finite[c]]
+        if values.size == 0:
             ranges.append(None)
             continue
-        lo, hi = (float(v) for v in pct(ch, [low, high]))
+        lo, hi = (float(v) for v in np.percentile(values, [low, high]))
         scale = hi - lo
         if not scale > 0:
-            mn, mx = (float(np.nanmin(ch)), float(np.nanmax(ch)))
+            mn, mx = float(values.min()), float(values.max())
             scale = mx - mn if mx > mn else 1.0
         ranges.append((lo, scale))
     return ranges
@@ -94,6 +100,23 @@ def apply_normalization(x: np.ndarray, ranges: list) -> np.ndarray:
             ch -= r[0]
             ch *= np.float32(1.0 / r[1])
     return x
+
+
+def count_nonfinite(image) -> int:
+    """How many values of ``image`` are NaN or ±Inf (0 for integer images)."""
+    image = np.asarray(image)
+    if image.dtype.kind not in "fc":
+        return 0
+    return int(image.size - np.count_nonzero(np.isfinite(image)))
+
+
+def nonfinite_pixels(x: np.ndarray):
+    """Spatial mask of the pixels of ``x`` ``(C, *spatial)`` that are non-finite in any channel,
+    or ``None`` when every value is finite."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return None
+    return bad.any(axis=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,14 +65,28 @@ def _squeeze_leading(a: np.ndarray, keep: int) -> np.ndarray:
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     """Returns (array, is_colour). Colour arrays are (..., Y, X, 3) with alpha dropped."""
+    import logging
+
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ValueError("no image data")
-        series = tif.series[0]
-        axes = series.axes
-        data = series.asarray()
+    # tifffile logs what it finds wrong in a damaged file; keep it for our one-line error.
+    problems = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: problems.append(record.getMessage())
+    logger = logging.getLogger("tifffile")
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                detail = f" ({' '.join(problems[0].split())})" if problems else ""
+                raise ValueError(f"no image data{detail}")
+            series = tif.series[0]
+            axes = series.axes
+            data = series.asarray()
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
     colour = axes.endswith("S") and data.shape[-1] in (3, 4) and data.ndim >= 3
     if colour:
         data = data[..., :3]
