@@ -253,6 +253,25 @@ def cmd_show(args) -> int:
     return 0
 
 
+# ---- export ----------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    if not (args.torchscript or args.bioimageio):
+        raise UsageError("give --torchscript FILE and/or --bioimageio FILE.zip")
+    if args.torchscript:
+        from .export import export_torchscript
+
+        path = export_torchscript(args.checkpoint, args.torchscript)
+        print(f"wrote {path}: the whole pipeline (image -> int32 labels) for torch.jit.load / LibTorch / DJL")
+    if args.bioimageio:
+        from .export.bioimageio import export_bioimageio
+
+        path = export_bioimageio(args.checkpoint, args.bioimageio)
+        print(f"wrote {path}: a bioimage.io model package")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 
@@ -362,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--z", type=int, help="3D: slice to show (default: the middle)")
     v.add_argument("--device", default="cpu")
     v.set_defaults(func=cmd_show)
+
+    x = sub.add_parser("export", help="export a trained model for other runtimes (TorchScript, bioimage.io)",
+                       description="Write the whole pipeline (normalisation, network, decoding; no rdcnet needed "
+                                   "to run it) as one TorchScript file, and/or a bioimage.io model package.")
+    x.epilog = "example: rdcnet export runs/nuclei/best.pt --torchscript rdcnet.pt --bioimageio rdcnet.zip"
+    x.add_argument("checkpoint", help="checkpoint (best.pt)")
+    x.add_argument("--torchscript", help="TorchScript file to write (image -> int32 labels)")
+    x.add_argument("--bioimageio", help="bioimage.io package (.zip) to write (needs the 'bioimageio' extra)")
+    x.set_defaults(func=cmd_export)
     return p
 
 
