@@ -147,15 +147,30 @@ def _output_path(out: Path, image: Path, single: bool) -> Path:
     return out / (image.stem + ".tif")
 
 
+def _load_model(path, device):
+    """(model, decoding parameters) from a checkpoint or a bioimage.io package (.zip) written by
+    'rdcnet export'."""
+    if str(path).lower().endswith(".zip"):
+        try:
+            from .export.bioimageio import load_bioimageio
+
+            return load_bioimageio(path, device=device)
+        except ImportError as exc:
+            raise UsageError(f"--model {path}: {exc}") from None
+    from .train import load_checkpoint
+
+    model, post, _ = load_checkpoint(path, device=device)
+    return model, post
+
+
 def cmd_predict(args) -> int:
     from tqdm.auto import tqdm
 
     from .data import read_image, write_labels
     from .predict import predict
-    from .train import load_checkpoint
 
     files = _image_files(Path(args.input), "input")
-    model, post, _ = load_checkpoint(args.model, device=args.device)
+    model, post = _load_model(args.model, args.device)
     for name in ("min_distance", "min_votes", "opening_radius"):
         value = getattr(args, name)
         if value is not None:
@@ -267,7 +282,10 @@ def cmd_export(args) -> int:
     if args.bioimageio:
         from .export.bioimageio import export_bioimageio
 
-        path = export_bioimageio(args.checkpoint, args.bioimageio)
+        try:
+            path = export_bioimageio(args.checkpoint, args.bioimageio)
+        except ImportError as exc:
+            raise UsageError(f"--bioimageio: {exc}") from None
         print(f"wrote {path}: a bioimage.io model package")
     return 0
 
@@ -334,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.epilog = ("example: rdcnet predict images/ --model runs/nuclei/best.pt --out labels/ "
                 "(3D stacks and RGB images alike; --tile 512 for very large 2D images)")
     r.add_argument("input", help="image file or folder")
-    r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo'")
+    r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo', "
+                                                  "or a bioimage.io package (.zip) written by 'rdcnet export'")
     r.add_argument("--out", required=True, help="output folder, or a .tif path for a single input")
     r.add_argument("--tile", type=_ints, help="tile size in pixels for large images")
     r.add_argument("--min-distance", type=float, help="peak window half-size (default: the training margin)")
