@@ -148,19 +148,12 @@ def _output_path(out: Path, image: Path, single: bool) -> Path:
 
 
 def _load_model(path, device):
-    """(model, decoding parameters) from a checkpoint or a bioimage.io package (.zip) written by
-    'rdcnet export'."""
-    if str(path).lower().endswith(".zip"):
-        try:
-            from .export.bioimageio import load_bioimageio
+    from .export import load_model
 
-            return load_bioimageio(path, device=device)
-        except ImportError as exc:
-            raise UsageError(f"--model {path}: {exc}") from None
-    from .train import load_checkpoint
-
-    model, post, _ = load_checkpoint(path, device=device)
-    return model, post
+    try:
+        return load_model(path, device=device)
+    except ImportError as exc:  # a package without the bioimageio extra
+        raise UsageError(f"--model {path}: {exc}") from None
 
 
 def cmd_predict(args) -> int:
