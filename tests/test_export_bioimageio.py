@@ -90,7 +90,11 @@ def test_3d_anisotropic_package(tmp_path):
     from bioimageio.spec import load_model_description
 
     model = _model(ndim=3, factor=(1, 4, 4), spacing=(2.0, 0.5, 0.5))
-    path = export_bioimageio(model, tmp_path / "m3.zip", PostprocessConfig(margin=2.0, min_votes=2))
+    odd = np.random.default_rng(0).random((9, 50, 47)).astype(np.float32)  # cropped to multiples of the factor
+    path = export_bioimageio(model, tmp_path / "m3.zip", PostprocessConfig(margin=2.0, min_votes=2), test_image=odd)
+    with zipfile.ZipFile(path) as z:
+        z.extract("test_input.npy", tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "test_input.npy"), odd[None, None, :, :48, :44])
     descr = load_model_description(path, perform_io_checks=False)
     axes = descr.inputs[0].axes
     assert [str(a.id) for a in axes] == ["batch", "channel", "z", "y", "x"]

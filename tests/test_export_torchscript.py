@@ -216,3 +216,6 @@ def test_cli_export_torchscript(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "best.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "missing.pt" in err[0] and "--torchscript" in err[1]
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", "--help"])
+    assert info.value.code == 0 and "bioimage.io" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The ``rdcnet`` command line: demo, train, predict, evaluate, sweep, show.
+"""The ``rdcnet`` command line: demo, train, predict, evaluate, sweep, show, export.
 
 Errors the user can fix (bad paths, shapes, options) are reported as one line on stderr with
 exit status 2, not as a traceback (set RDCNET_DEBUG=1 to see the traceback)."""

@@ -17,10 +17,14 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..model import RDCNet
+    from ..postprocess import PostprocessConfig
 
 __all__ = ["export_bioimageio", "load_bioimageio", "is_bioimageio_package"]
 
@@ -120,13 +124,18 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
     model = model.cpu().eval()
     cfg = model.config
     names = AXES[-cfg.ndim:]
-    if test_image is None:
-        test_image = _default_test_image(cfg)
     from .pipeline import ScriptableNormalizer
 
     normalizer = ScriptableNormalizer(cfg.ndim, cfg.in_channels)
-    x = normalizer(torch.as_tensor(np.asarray(test_image)))
-    labels = predict(model, test_image, post)
+    raw = normalizer.channels_first(torch.as_tensor(np.asarray(
+        _default_test_image(cfg) if test_image is None else test_image, dtype=np.float32))).numpy()
+    # The package's input sizes are multiples of the factor: crop the test image to one.
+    keep = [n // f * f for n, f in zip(raw.shape[1:], cfg.factor)]
+    if min(keep) == 0:
+        raise ValueError(f"test_image: expected at least {list(cfg.factor)} pixels per axis, got {raw.shape[1:]}")
+    raw = np.ascontiguousarray(raw[(slice(None),) + tuple(slice(0, n) for n in keep)])
+    x = normalizer(torch.from_numpy(raw))
+    labels = predict(model, raw if cfg.in_channels > 1 else raw[0], post)
     net = portable_network(model)
     with torch.no_grad():
         emb, prob = net(x[None])
@@ -136,8 +145,7 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
         script(net).save(str(tmp / TORCHSCRIPT))
         export_torchscript(model, tmp / PIPELINE, post)
         shutil.copyfile(network_source, tmp / ARCHITECTURE)
-        raw = normalizer.channels_first(torch.as_tensor(np.asarray(test_image, dtype=np.float32))).numpy()
-        np.save(tmp / "test_input.npy", raw[None].astype(np.float32))
+        np.save(tmp / "test_input.npy", raw[None])
         np.save(tmp / "test_embeddings.npy", emb.numpy())
         np.save(tmp / "test_probabilities.npy", prob.numpy())
         _cover(x[0].numpy() if cfg.ndim == 2 else x[0, x.shape[1] // 2].numpy(),
@@ -204,12 +212,12 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
 def _default_test_image(cfg) -> np.ndarray:
     from ..data import nuclei_2d, nuclei_3d
 
-    if cfg.in_channels == 1 and cfg.ndim == 2:
-        return nuclei_2d(1, (64, 64), seed=0)[0][0]
+    size = [max(64, 2 * f) for f in cfg.factor]
+    if cfg.ndim == 3:
+        size[0] = max(8, 2 * cfg.factor[0])
     if cfg.in_channels == 1:
-        return nuclei_3d(1, (max(8, 2 * cfg.factor[0]), 64, 64), seed=0)[0][0]
-    rng = np.random.default_rng(0)
-    return rng.random((cfg.in_channels, *([64] * cfg.ndim))).astype(np.float32)
+        return (nuclei_2d if cfg.ndim == 2 else nuclei_3d)(1, size, seed=0)[0][0]
+    return np.random.default_rng(0).random((cfg.in_channels, *size)).astype(np.float32)
 
 
 def is_bioimageio_package(path) -> bool:
@@ -221,7 +229,7 @@ def is_bioimageio_package(path) -> bool:
         return any(n in z.namelist() for n in ("rdf.yaml", "bioimageio.yaml"))
 
 
-def load_bioimageio(path, device="cpu", fused=None) -> Tuple["RDCNet", "PostprocessConfig"]:  # noqa: F821
+def load_bioimageio(path, device="cpu", fused=None) -> Tuple["RDCNet", "PostprocessConfig"]:
     """Rebuild the :class:`rdcnet.RDCNet` and its decoding parameters from a package written by
     :func:`export_bioimageio` (its ``config.rdcnet`` and ``pytorch_state_dict`` weights)."""
     import io

@@ -21,8 +21,7 @@ from torch import nn
 from .network import PortableRDCNet
 
 __all__ = ["ScriptableDecoder", "ScriptableNormalizer", "RDCNetPipeline", "build_pipeline", "export_torchscript",
-           "portable_network",
-           "script"]
+           "portable_network", "script"]
 
 
 # ---- decoding (scriptable twins of rdcnet_ext.reference) ----------------------------------------
