@@ -13,21 +13,13 @@ spec = pytest.importorskip("bioimageio.spec", reason="needs the 'bioimageio' ext
 from rdcnet import cli  # noqa: E402
 from rdcnet.data import nuclei_2d, read_labels, write_image  # noqa: E402
 from rdcnet.export.bioimageio import export_bioimageio, load_bioimageio  # noqa: E402
-from rdcnet.model import RDCNet  # noqa: E402
 from rdcnet.postprocess import PostprocessConfig  # noqa: E402
 from rdcnet.predict import predict  # noqa: E402
 from rdcnet.train import TrainConfig, save_checkpoint  # noqa: E402
-
-TINY = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=8, groups=2, channels_per_group=8,
-            dilations=(1, 2, 4), iterations=3, dropout=0.0, spacing=(0.5, 0.5))
-
+from helpers import tiny_model  # noqa: E402
 
 def _model(**overrides):
-    torch.manual_seed(0)
-    model = RDCNet(**{**TINY, **overrides}).eval()
-    with torch.no_grad():  # offsets large enough for a non-trivial decoding
-        model.up.weight.normal_(std=1.0)
-    return model
+    return tiny_model(**{"spacing": (0.5, 0.5), **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from rdcnet.train import TrainConfig, save_checkpoint
 from rdcnet_ext import reference
 from rdcnet_ext._geometry import ellipsoid_offsets, peak_window
 
-TINY = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=8, groups=2, channels_per_group=8,
-            dilations=(1, 2, 4), iterations=3, dropout=0.0)
+from helpers import TINY_MODEL as TINY, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +34,7 @@ def scripted_ops():
 def fixed(tmp_path_factory):
     """A fixed-seed tiny model with non-trivial offsets, its checkpoint, and synthetic nuclei
     (the equality does not depend on training; the decoding still finds objects)."""
-    torch.manual_seed(0)
-    model = RDCNet(**TINY).eval()
-    with torch.no_grad():
-        model.up.weight.normal_(std=1.0)
+    model = tiny_model()
     post = PostprocessConfig(margin=4.0, min_votes=2, smooth_radius=1, opening_radius=1.5)
     path = tmp_path_factory.mktemp("run") / "best.pt"
     save_checkpoint(path, model, TrainConfig(margin=4.0, postprocess=post))
@@ -54,10 +50,7 @@ def fixed(tmp_path_factory):
     (dict(TINY, ndim=3, factor=(1, 2, 2), spacing=(2.0, 0.5, 0.5), n_classes=3), (1, 1, 5, 14, 12)),
 ])
 def test_portable_network_equals_rdcnet(config, shape):
-    torch.manual_seed(1)
-    model = RDCNet(**config).eval()
-    with torch.no_grad():  # non-trivial offsets
-        model.up.weight.normal_(std=0.05)
+    model = tiny_model(0.05, **config)
     x = torch.randn(shape)
     net = P.script(portable_network(model))
     emb, prob = net(x)
@@ -186,10 +179,7 @@ def test_exported_pipeline_equals_predict_in_a_fresh_process(tmp_path, fixed):
 
 
 def test_pipeline_3d_rgb_and_outputs_equal_predict():
-    torch.manual_seed(2)
-    model = RDCNet(**{**TINY, "ndim": 3, "factor": (1, 2, 2), "spacing": (2.0, 1.04, 1.04)}).eval()
-    with torch.no_grad():
-        model.up.weight.normal_(std=0.05)
+    model = tiny_model(0.05, ndim=3, factor=(1, 2, 2), spacing=(2.0, 1.04, 1.04))
     post = PostprocessConfig(margin=3.0, min_votes=2, opening_radius=1.5)
     image = nuclei_3d(1, (8, 40, 36), seed=1)[0][0]
     pipe = P.script(build_pipeline(model, post))

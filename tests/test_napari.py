@@ -11,27 +11,19 @@ os.environ.setdefault("LIBGL_ALWAYS_SOFTWARE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from rdcnet.data import DEFAULT_SPACING_3D  # noqa: E402
-from rdcnet.model import RDCNet  # noqa: E402
 from rdcnet.napari import _core  # noqa: E402
 from rdcnet.postprocess import PostprocessConfig  # noqa: E402
 from rdcnet.predict import predict  # noqa: E402
 from rdcnet.train import TrainConfig, save_checkpoint  # noqa: E402
 from rdcnet_ext import ops  # noqa: E402
+from helpers import tiny_model  # noqa: E402
 
-TINY = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=8, groups=2, channels_per_group=8,
-            dilations=(1, 2, 4), iterations=3, dropout=0.0)
 POST = PostprocessConfig(margin=4.0, min_votes=2, smooth_radius=1)
 
 
-def _model(**overrides):
-    torch.manual_seed(0)
-    model = RDCNet(**{**TINY, **overrides}).eval()
-    with torch.no_grad():  # offsets large enough for a non-trivial decoding
-        model.up.weight.normal_(std=1.0)
-    return model
+_model = tiny_model
 
 
 # ---- the core, without Qt ------------------------------------------------------------------------

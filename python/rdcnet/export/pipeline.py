@@ -96,7 +96,9 @@ def find_peaks(votes: torch.Tensor, window: List[int], min_votes: int, smooth_ra
 
 
 def assign_to_centres(embeddings: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, spacing: List[float],
-                      max_distance: Optional[float], chunk: int = 65536) -> torch.Tensor:
+                      max_distance: Optional[float], chunk: int = 0) -> torch.Tensor:
+    """The reference's dense pixels × centres search, in chunks of about 4M distances (``chunk``
+    pixels if given); the result does not depend on the chunking."""
     ndim = embeddings.shape[0]
     shape: List[int] = embeddings.shape[1:]
     s = torch.tensor(spacing, dtype=torch.float64, device=embeddings.device)
@@ -105,6 +107,8 @@ def assign_to_centres(embeddings: torch.Tensor, mask: torch.Tensor, centres: tor
     if centres.shape[0] == 0:
         return labels.reshape(shape)
     positions = centres.to(torch.float64) * s
+    if chunk <= 0:
+        chunk = max(256, (1 << 22) // centres.shape[0])
     todo = torch.nonzero(mask.reshape(-1).to(torch.bool) & torch.isfinite(emb).all(dim=0)).flatten()
     for start in range(0, todo.numel(), chunk):
         idx = todo[start:start + chunk]
