@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                 out = predict_output(model, prepare_image(image, model))
                 emb, prob = out.embeddings, out.probabilities
                 rows.append(dict(
-                    shape=shape, objects=int(expected.max()), equal=bool(np.array_equal(got, expected)),
+                    shape=(size, size), objects=int(expected.max()), equal=bool(np.array_equal(got, expected)),
                     predict=_median_time(lambda: predict(model, image, post), args.repeats),
                     script=_median_time(lambda: pipeline(x), args.repeats),
                     decode_ops=_median_time(lambda: labels_from_output(emb, prob, model.config.spacing, post),
