@@ -173,3 +173,20 @@ __all__ = [
     "ANISO_3D", "CASES", "CASE_IDS", "GEOMETRY_IDS", "RANDOM_GEOMETRIES", "Case", "Field", "assert_equal",
     "blocky_labels", "random_centres", "random_embeddings", "random_mask", "spacing_list",
 ]
+
+
+# A tiny RDCNet for the export and napari tests (seconds on a CPU).
+TINY_MODEL = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=8, groups=2, channels_per_group=8,
+                  dilations=(1, 2, 4), iterations=3, dropout=0.0)
+
+
+def tiny_model(offset_std: float = 1.0, **overrides):
+    """A fixed-seed tiny RDCNet in eval mode whose offsets are large enough (``offset_std`` of the
+    output conv's weights) for a non-trivial decoding: untrained, it finds objects all the same."""
+    from rdcnet.model import RDCNet
+
+    torch.manual_seed(0)
+    model = RDCNet(**{**TINY_MODEL, **overrides}).eval()
+    with torch.no_grad():
+        model.up.weight.normal_(std=offset_std)
+    return model

@@ -1,4 +1,4 @@
-"""The ``rdcnet`` command line: demo, train, predict, evaluate, sweep, show.
+"""The ``rdcnet`` command line: demo, train, predict, evaluate, sweep, show, export.
 
 Errors the user can fix (bad paths, shapes, options) are reported as one line on stderr with
 exit status 2, not as a traceback (set RDCNET_DEBUG=1 to see the traceback)."""
@@ -259,6 +259,15 @@ def _output_path(out: Path, image: Path, single: bool) -> Path:
     return out / (image.stem + ".tif")
 
 
+def _load_model(path, device):
+    from .export import load_model
+
+    try:
+        return load_model(path, device=device)
+    except ImportError as exc:  # a package without the bioimageio extra
+        raise UsageError(f"--model {path}: {exc}") from None
+
+
 def _is_large_request(args) -> bool:
     """OME-Zarr in or out, or chunked options: the chunked path (rdcnet.large)."""
     from .ngff import is_zarr_path
@@ -269,7 +278,6 @@ def _is_large_request(args) -> bool:
 
 def _predict_large(args) -> int:
     from .large import predict_large, scheduler
-    from .train import load_checkpoint
 
     inp = Path(args.input)
     if not inp.exists():
@@ -281,7 +289,7 @@ def _predict_large(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".zarr", ".tif", ".tiff"):
         raise UsageError(f"--out: expected a .zarr (OME-Zarr labels) or .tif path for a large image, got {out}")
-    model, post, _ = load_checkpoint(args.model, device="cpu")
+    model, post = _load_model(args.model, "cpu")
     for name in ("min_distance", "min_votes", "opening_radius"):
         value = getattr(args, name)
         if value is not None:
@@ -302,10 +310,9 @@ def cmd_predict(args) -> int:
 
     from .data import read_image, write_labels
     from .predict import check_tile_shape, predict
-    from .train import load_checkpoint
 
     files = _image_files(Path(args.input), "input")
-    model, post, _ = load_checkpoint(args.model, device=args.device)
+    model, post = _load_model(args.model, args.device)
     tile = None
     if args.tile is not None:
         tile = check_tile_shape(_per_axis(args.tile, model.config.ndim, "tile"), model.config, "--tile")
@@ -417,6 +424,28 @@ def cmd_show(args) -> int:
     return 0
 
 
+# ---- export ----------------------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    if not (args.torchscript or args.bioimageio):
+        raise UsageError("give --torchscript FILE and/or --bioimageio FILE.zip")
+    if args.torchscript:
+        from .export import export_torchscript
+
+        path = export_torchscript(args.checkpoint, args.torchscript)
+        print(f"wrote {path}: the whole pipeline (image -> int32 labels) for torch.jit.load / LibTorch / DJL")
+    if args.bioimageio:
+        from .export.bioimageio import export_bioimageio
+
+        try:
+            path = export_bioimageio(args.checkpoint, args.bioimageio)
+        except ImportError as exc:
+            raise UsageError(f"--bioimageio: {exc}") from None
+        print(f"wrote {path}: a bioimage.io model package")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 
@@ -492,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "rdcnet predict big.ome.zarr --model best.pt --out labels.ome.zarr --chunks 64,512,512 "
                 "[--scheduler tcp://host:8786]")
     r.add_argument("input", help="image file or folder")
-    r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo'")
+    r.add_argument("--model", required=True, help="checkpoint (best.pt) written by 'rdcnet train' or 'rdcnet demo', "
+                                                  "or a bioimage.io package (.zip) written by 'rdcnet export'")
     r.add_argument("--out", required=True, help="output folder, or a .tif path for a single input")
     r.add_argument("--tile", type=_ints, help="tile size in pixels for large images (at least twice the model's "
                                               "receptive-field overlap, e.g. 128 for the default 2D model)")
@@ -552,6 +582,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--z", type=_count(0), help="3D: slice to show (default: the middle)")
     v.add_argument("--device", type=_device, default="cpu")
     v.set_defaults(func=cmd_show)
+
+    x = sub.add_parser("export", help="export a trained model for other runtimes (TorchScript, bioimage.io)",
+                       description="Write the whole pipeline (normalisation, network, decoding; no rdcnet needed "
+                                   "to run it) as one TorchScript file, and/or a bioimage.io model package.")
+    x.epilog = "example: rdcnet export runs/nuclei/best.pt --torchscript rdcnet.pt --bioimageio rdcnet.zip"
+    x.add_argument("checkpoint", help="checkpoint (best.pt)")
+    x.add_argument("--torchscript", help="TorchScript file to write (image -> int32 labels)")
+    x.add_argument("--bioimageio", help="bioimage.io package (.zip) to write (needs the 'bioimageio' extra)")
+    x.set_defaults(func=cmd_export)
     return p
 
 
