@@ -248,3 +248,45 @@ def test_float64_is_left_alone_under_autocast():
 @pytest.mark.parametrize("path", ["auto", "chain", "recompute", "fused"])
 def test_model_trains_one_step_under_cuda_autocast(path, dtype):
     one_training_step(tiny_model(ssdc_path=path).cuda(), device="cuda", dtype=dtype)
+
+
+# ---- mixed-precision training and the command line -------------------------------------------------
+
+def test_training_with_bf16_autocast_and_the_recompute_path(tmp_path):
+    from rdcnet.data import nuclei_2d
+    from rdcnet.postprocess import PostprocessConfig
+    from rdcnet.train import TrainConfig, load_checkpoint, train
+
+    pairs = nuclei_2d(3, (48, 48), seed=31)
+    model = tiny_model(ssdc_path="recompute")
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), margin=4.0, crop=(32, 32), epochs=1, steps_per_epoch=3,
+                      augment="none", device="cpu", amp="bf16", tune_postprocess=False,
+                      postprocess=PostprocessConfig(margin=4.0, min_votes=2))
+    result = train(model, pairs[:2], pairs[2:], cfg, progress=False)
+    assert len(result.history) == 1 and torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    loaded, _, ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["train_config"]["amp"] == "bf16"
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in loaded.parameters())
+
+
+def test_amp_settings_are_checked():
+    from rdcnet.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="amp: expected None or one of 'bf16', 'fp16', got 'fp8'"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="amp: 'fp16' needs a CUDA device"):
+        train(tiny_model(), [], [], TrainConfig(amp="fp16", device="cpu"), progress=False)
+
+
+def test_cli_passes_amp_and_the_ssdc_path():
+    from rdcnet import cli
+
+    args = cli.build_parser().parse_args(["train", "--images", "a", "--labels", "b", "--out", "c", "--amp", "bf16",
+                                          "--ssdc", "recompute"])
+    assert (args.amp, args.ssdc) == ("bf16", "recompute")
+    assert cli.build_parser().parse_args(["predict", "x.tif", "--model", "m.pt", "--out", "o"]).ssdc == "auto"
+    model = tiny_model()
+    model.ssdc_path = "recompute"
+    assert model.block.ssdc.path == "recompute"
+    with pytest.raises(ValueError, match="ssdc_path"):
+        model.ssdc_path = "fastest"

@@ -226,13 +226,13 @@ def cmd_train(args) -> int:
                       steps_per_epoch=100 if args.steps is None else args.steps,
                       lr=1e-3 if args.lr is None else args.lr,
                       augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
-                      seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite,
+                      seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite, amp=args.amp,
                       postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
                                                     opening_radius=args.opening_radius))
     torch.manual_seed(args.seed)  # the initial weights too: same command and seed, same run
     model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
                    dilations=args.dilations, iterations=args.iterations, spacing=spacing,
-                   downsampling_channels=args.downsampling_channels)
+                   downsampling_channels=args.downsampling_channels, ssdc_path=args.ssdc)
     if not args.no_resume:
         resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
     if os.environ.get("RANK", "0") == "0":  # once per DDP job
@@ -290,6 +290,7 @@ def _predict_large(args) -> int:
     if out.suffix.lower() not in (".zarr", ".tif", ".tiff"):
         raise UsageError(f"--out: expected a .zarr (OME-Zarr labels) or .tif path for a large image, got {out}")
     model, post = _load_model(args.model, "cpu")
+    model.ssdc_path = args.ssdc
     for name in ("min_distance", "min_votes", "opening_radius"):
         value = getattr(args, name)
         if value is not None:
@@ -313,6 +314,7 @@ def cmd_predict(args) -> int:
 
     files = _image_files(Path(args.input), "input")
     model, post = _load_model(args.model, args.device)
+    model.ssdc_path = args.ssdc
     tile = None
     if args.tile is not None:
         tile = check_tile_shape(_per_axis(args.tile, model.config.ndim, "tile"), model.config, "--tile")
@@ -449,6 +451,11 @@ def cmd_export(args) -> int:
 # ---- parser ----------------------------------------------------------------------------------
 
 
+SSDC_CHOICES = ("auto", "chain", "recompute", "fused")
+SSDC_HELP = ("how the sSDC is computed: auto (default: the fastest measured for the device), chain, recompute "
+             "(about half the memory) or fused (rdcnet_ext's kernel, least memory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="rdcnet",
@@ -508,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true",
                    help="start over even if the run folder has last.pt (a resumed run must keep its options, "
                         "except --epochs and --device)")
+    t.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA); "
+                                                          "default: float32")
+    t.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
     t.add_argument("--nproc", type=_count(), help="train with DistributedDataParallel on this many processes of this "
                                                  "machine (one GPU each with CUDA; gloo on CPU); same as "
                                                  "'torchrun --nproc-per-node N -m rdcnet train ...'")
@@ -533,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label-wise opening radius (default: from the checkpoint)")
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (large images: each dask "
                                                                  "worker uses its own GPU with auto)")
+    r.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
     large = r.add_argument_group("large images (OME-Zarr/TIFF, chunked; exact: equals whole-image decoding)")
     large.add_argument("--chunks", type=_ints, help="chunk size per axis for the chunked path (default: 1024 in "
                                                     "2D, 64,512,512 in 3D); implied by a .zarr input or output")

@@ -195,6 +195,16 @@ class RDCNet(nn.Module):
         return cls(**cfg, fused=fused, ssdc_path=ssdc_path)
 
     @property
+    def ssdc_path(self) -> str:
+        """How the sSDC is computed (:mod:`rdcnet.ssdc`); may be changed at any time, e.g. to
+        ``"recompute"`` to predict a large 3D volume in less memory."""
+        return self.block.ssdc.path
+
+    @ssdc_path.setter
+    def ssdc_path(self, path: str) -> None:
+        self.block.ssdc.path = requested_path(path)
+
+    @property
     def ndim(self) -> int:
         return self.config.ndim
 

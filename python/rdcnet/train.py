@@ -35,7 +35,9 @@ CHECKPOINT_VERSION = 1
 #: learning rate never climbs back up); the others do not change what is learned. Every other
 #: difference (model, margin, crop, steps, learning rates, augmentation, seed, decoding, masking)
 #: makes ``train`` refuse to resume (:class:`ResumeError`).
-RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "tune_postprocess")
+RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "tune_postprocess", "amp")
+# Mixed precision (TrainConfig.amp): the autocast dtype of the network's forward pass.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ResumeError(ValueError):
@@ -70,6 +72,9 @@ class TrainConfig:
         validation images and store them in ``best.pt`` (see :func:`tune_postprocess`).
     mask_nonfinite: leave non-finite image pixels (NaN, ±Inf) out of the loss (their labels
         become -1, their values 0) instead of refusing such images.
+    amp: mixed precision: None (float32), "bf16" (CUDA and CPU) or "fp16" (CUDA, with a gradient
+        scaler). The network runs under ``torch.autocast``; the embeddings, probabilities and
+        losses stay float32 (positions in bfloat16 would be pixels off).
     """
 
     out_dir: str = "rdcnet-run"
@@ -86,6 +91,7 @@ class TrainConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     tune_postprocess: bool = True
     mask_nonfinite: bool = False
+    amp: Optional[str] = None
 
     def __post_init__(self):
         self.margin = check_number(self.margin, "margin", positive=True)
@@ -98,6 +104,8 @@ class TrainConfig:
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min: expected at most lr ({self.lr:g}), got {self.lr_min:g}")
         self.seed = check_int(self.seed, "seed", minimum=0, maximum=2**63 - 1)
+        if self.amp is not None and self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp: expected None or one of {', '.join(map(repr, AMP_DTYPES))}, got {self.amp!r}")
         if isinstance(self.postprocess, dict):
             self.postprocess = PostprocessConfig(**self.postprocess)
         if not isinstance(self.postprocess, PostprocessConfig):
@@ -444,6 +452,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     ctx = Context.from_env(device)  # torchrun: one rank of a DistributedDataParallel job
     device = ctx.device(device)
     progress = progress and ctx.is_main
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp: 'fp16' needs a CUDA device (got {device}); use 'bf16' on the CPU")
     model.to(device)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -493,6 +503,11 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
 
     sampler = _Sampler(train_images, train_labels, config.crop, config.augment, model.config.ndim, rng)
     net = ctx.wrap(model)  # DDP averages the gradients of all ranks
+    amp_dtype = AMP_DTYPES.get(config.amp)
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["grad_scaler"])
     for epoch in range(start_epoch, config.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -501,7 +516,9 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                    disable=not progress, unit="step", mininterval=1.0)
         for step in bar:
             x, y = sampler.batch(config.batch_size)
-            loss, parts = loss_fn(net(x.to(device)), y.to(device))
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                output = net(x.to(device))
+            loss, parts = loss_fn(output, y.to(device))  # float32 outputs (the model's head), float32 loss
             value = float(loss.detach())
             if ctx.any_rank(not math.isfinite(value)):  # every rank stops together (no one waits in DDP)
                 kept = (f"{last_path.name} and {best_path.name} keep epoch {epoch}" if epoch > 0
@@ -510,8 +527,9 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                     f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (learning "
                     f"rate {scheduler.get_last_lr()[0]:.3g}); {kept}; lower the learning rate or check the data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # (skipped by the fp16 scaler when the gradients overflowed)
+            scaler.update()
             scheduler.step()
             sums["loss"] += value
             sums["class"] += parts["class"]
@@ -538,7 +556,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             best_f1, best_loss = row["val_f1"], row["val_loss"]
         state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}))
+                     numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}),
+                     grad_scaler=scaler.state_dict() if scaler.is_enabled() else None)
         if improved:
             save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
                             best_val_loss=best_loss, selected_by=select_by)
