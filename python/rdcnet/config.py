@@ -437,7 +437,7 @@ class ExperimentConfig:
         ``predictions/<name>.tif``.
         """
         from . import metrics
-        from .sweep import evaluate_model, table1
+        from .evaluation import evaluate_model, table1
         from .train import load_checkpoint
 
         ckpt = Path(checkpoint) if checkpoint is not None else self.default_checkpoint()
