@@ -6,7 +6,10 @@ import importlib.util
 import os
 import types
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt application exists
+# A real viewer needs an X display with OpenGL (pytest-xvfb starts Xvfb when it is installed, as in CI);
+# without one, Qt's offscreen platform still runs the widgets (not the viewer's canvas).
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt application exists
 os.environ.setdefault("LIBGL_ALWAYS_SOFTWARE", "1")
 
 import numpy as np  # noqa: E402
@@ -92,12 +95,16 @@ def test_train_on_a_layer_writes_a_usable_checkpoint(tmp_path):
 
 
 # ---- the widgets --------------------------------------------------------------------------------
-# napari's viewer needs OpenGL, which Qt's offscreen platform lacks on this (and the CI) machine, so
-# make_napari_viewer cannot run here: the widgets are tested as real magicgui widgets with real napari
-# layers and worker threads (pytest-qt), against a viewer stand-in that records the added layers.
+# napari's viewer needs OpenGL, which Qt's offscreen platform lacks: the widgets are tested as real
+# magicgui widgets with real napari layers and worker threads (pytest-qt) against a viewer stand-in
+# that records the added layers, and, where an X display exists (Xvfb + Mesa, as CI installs), docked
+# in a real viewer (make_napari_viewer).
 
 HAS_NAPARI = all(importlib.util.find_spec(m) is not None for m in ("napari", "pytestqt", "magicgui", "npe2"))
 needs_napari = pytest.mark.skipif(not HAS_NAPARI, reason="needs the 'napari' extra and pytest-qt")
+needs_viewer = pytest.mark.skipif(not (HAS_NAPARI and os.environ.get("DISPLAY")),
+                                  reason="a napari viewer needs an X display with OpenGL (install Xvfb: "
+                                         "pytest-xvfb then starts one)")
 
 
 class RecordingViewer:
@@ -168,3 +175,23 @@ def test_train_widget_passes_the_drawn_labels(qtbot, tmp_path, monkeypatch):
     assert got_image is image and got_labels is labels and not rgb
     assert (request.out_dir, request.epochs, request.steps_per_epoch, request.margin) == (str(tmp_path / "run"), 3,
                                                                                           7, 4.5)
+
+
+@needs_viewer
+def test_segment_widget_docked_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
+    from napari.layers import Labels
+
+    model = _model()
+    post = PostprocessConfig(margin=4.0, min_votes=3, smooth_radius=1)
+    save_checkpoint(tmp_path / "best.pt", model, TrainConfig(margin=4.0, postprocess=post))
+    viewer = make_napari_viewer()
+    image = _core.sample_nuclei_2d()[0][0][:96, :80]
+    layer = viewer.add_image(image, name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget("rdcnet", "Segment with RDCNet")
+    widget.model_path.value = tmp_path / "best.pt"
+    widget.image.value = layer
+    widget()
+    qtbot.waitUntil(lambda: any(isinstance(lay, Labels) for lay in viewer.layers), timeout=60_000)
+    labels = viewer.layers["cells RDCNet labels"]
+    np.testing.assert_array_equal(labels.data, predict(model, image, post))
+    assert viewer.screenshot(canvas_only=True).shape[-1] == 4  # the canvas renders (OpenGL works)
