@@ -276,13 +276,12 @@ def find_centres(embeddings, mask, min_distance: float, spacing=None, min_votes:
 _SLACK = 1e-9
 
 
-def _chunk_candidates(e: np.ndarray, positions: np.ndarray, max_distance: Optional[float]) -> np.ndarray:
-    """Ascending indices of the centres that can be nearest (or tied) to some embedding of ``e``
-    (ndim, n) float64, or within ``max_distance`` of one: every point of the embeddings' box
-    [lo, hi] has a centre within U = the smallest farthest-corner distance of any centre, so a
-    centre farther than U (or ``max_distance``) from the whole box never wins, and dropping it
-    changes no label. Keeps the op's search grid and candidate lists to the chunk's neighbourhood."""
-    lo, hi = e.min(axis=1), e.max(axis=1)
+def _chunk_candidates(lo: np.ndarray, hi: np.ndarray, positions: np.ndarray,
+                      max_distance: Optional[float]) -> np.ndarray:
+    """Ascending indices of the centres that can be nearest (or tied) to some point of the box
+    [lo, hi], or within ``max_distance`` of one: every point of the box has a centre within U =
+    the smallest farthest-corner distance of any centre, so a centre farther than U (or
+    ``max_distance``) from the whole box never wins there, and dropping it changes no label."""
     far = np.maximum(np.abs(positions - lo), np.abs(positions - hi))
     bound = float(np.sqrt(np.min(np.sum(far * far, axis=1))))
     if max_distance is not None:
@@ -294,17 +293,21 @@ def _chunk_candidates(e: np.ndarray, positions: np.ndarray, max_distance: Option
 
 def _assign_chunk(emb, mask, centres: np.ndarray, spacing, max_distance, origin) -> np.ndarray:
     """Nearest-centre labels of the chunk at pixel ``origin``: :func:`rdcnet_ext.ops.assign_to_centres`
-    with the chunk's origin over the global centres that can win in it (same ties: the subset
-    keeps the global order), relabelled to global indices."""
+    with the chunk's origin over the global centres that can win in it (a subset in the global
+    order, so ties still go to the lowest index), relabelled to global indices."""
+    none = np.zeros(mask.shape, np.int32)
     if len(centres) == 0 or not mask.any():
-        return np.zeros(mask.shape, np.int32)
-    ndim = emb.shape[0]
-    e = emb.reshape(ndim, -1)[:, mask.reshape(-1)].astype(np.float64)
-    e = e[:, np.all(np.isfinite(e), axis=0)]
-    if e.shape[1] == 0:
-        return np.zeros(mask.shape, np.int32)
-    keep = _chunk_candidates(e, centres * np.asarray(spacing, np.float64), max_distance)
+        return none
+    # Box of the masked embeddings, without copying them: fmin/fmax skip NaNs; an infinite
+    # coordinate only widens the box (more centres kept, same labels).
+    lo = np.array([np.fmin.reduce(emb[a], axis=None, where=mask, initial=np.inf) for a in range(len(emb))], np.float64)
+    hi = np.array([np.fmax.reduce(emb[a], axis=None, where=mask, initial=-np.inf) for a in range(len(emb))], np.float64)
+    if not np.all(lo <= hi):  # an axis with no number: every masked pixel has a NaN there
+        return none
+    keep = _chunk_candidates(lo, hi, centres * np.asarray(spacing, np.float64), max_distance)
     local = ops.assign_to_centres(emb, mask, centres[keep], spacing, max_distance, origin=origin)
+    if len(keep) == len(centres):
+        return local
     ids = np.concatenate([[0], keep + 1]).astype(np.int32)  # local label j -> global label
     return ids[local]
 
