@@ -26,18 +26,21 @@ void check_ndim(const std::vector<int64_t>& shape, const char* op) {
 // Keeps the vectors behind an AssignArgs alive for the duration of a call.
 struct AssignCall {
   std::vector<int64_t> shape, cells;
-  std::vector<double> spacing, cell;
+  std::vector<double> spacing, cell, lo;
   AssignArgs args;
   AssignCall(std::vector<int64_t> shape_, std::vector<double> spacing_, uintptr_t centres,
              uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells_,
-             std::vector<double> cell_, double tol)
-      : shape(std::move(shape_)), cells(std::move(cells_)), spacing(std::move(spacing_)), cell(std::move(cell_)) {
+             std::vector<double> cell_, std::vector<double> lo_, double tol)
+      : shape(std::move(shape_)), cells(std::move(cells_)), spacing(std::move(spacing_)), cell(std::move(cell_)),
+        lo(std::move(lo_)) {
     check_ndim(shape, "assign_to_centres");
-    if (spacing.size() != shape.size() || cells.size() != shape.size() || cell.size() != shape.size())
-      throw std::invalid_argument("assign_to_centres: spacing, cells and cell must have ndim entries");
+    if (spacing.size() != shape.size() || cells.size() != shape.size() || cell.size() != shape.size() ||
+        lo.size() != shape.size())
+      throw std::invalid_argument("assign_to_centres: spacing, cells, cell and lo must have ndim entries");
     args = AssignArgs{static_cast<int>(shape.size()), this->shape.data(), this->spacing.data(),
                       ptr<const int64_t>(centres), ptr<const int32_t>(cell_start),
-                      ptr<const int32_t>(cell_items), this->cells.data(), this->cell.data(), tol};
+                      ptr<const int32_t>(cell_items), this->cells.data(), this->cell.data(),
+                      this->lo.data(), tol};
   }
 };
 
@@ -98,18 +101,18 @@ PYBIND11_MODULE(_C, m) {
   }, "Flat row-major indices of the peaks, as a NumPy int64 array.");
   m.def("cell_candidates_cpu", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
                                   uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
-                                  std::vector<double> cell, double tol, uintptr_t counts, uintptr_t starts,
+                                  std::vector<double> cell, std::vector<double> lo, double tol, uintptr_t counts, uintptr_t starts,
                                   uintptr_t items, int threads) {
-    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, lo, tol);
     rdc::cell_candidates_cpu(call.args, ptr<int32_t>(counts), ptr<const int32_t>(starts),
                              ptr<int32_t>(items), threads);
   }, release);
   m.def("assign_cpu", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
                          uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
-                         std::vector<double> cell, double tol, uintptr_t emb, uintptr_t mask,
+                         std::vector<double> cell, std::vector<double> lo, double tol, uintptr_t emb, uintptr_t mask,
                          uintptr_t cand_start, uintptr_t cand_items, double max_d2, uintptr_t labels,
                          int threads) {
-    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, lo, tol);
     rdc::assign_cpu(call.args, ptr<const float>(emb), ptr<const uint8_t>(mask), ptr<const int32_t>(cand_start),
                     ptr<const int32_t>(cand_items), max_d2, ptr<int32_t>(labels), threads);
   }, release);
@@ -205,18 +208,18 @@ PYBIND11_MODULE(_C, m) {
   }, release);
   m.def("cell_candidates_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
                                    uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
-                                   std::vector<double> cell, double tol, uintptr_t counts, uintptr_t starts,
+                                   std::vector<double> cell, std::vector<double> lo, double tol, uintptr_t counts, uintptr_t starts,
                                    uintptr_t items, int device, uintptr_t stream) {
-    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, lo, tol);
     rdc::cell_candidates_cuda(call.args, ptr<int32_t>(counts), ptr<const int32_t>(starts), ptr<int32_t>(items),
                               device, ptr<void>(stream));
   }, release);
   m.def("assign_cuda", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
                           uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,
-                          std::vector<double> cell, double tol, uintptr_t emb, uintptr_t mask,
+                          std::vector<double> cell, std::vector<double> lo, double tol, uintptr_t emb, uintptr_t mask,
                           uintptr_t cand_start, uintptr_t cand_items, double max_d2, uintptr_t labels,
                           int device, uintptr_t stream) {
-    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, tol);
+    AssignCall call(shape, spacing, centres, cell_start, cell_items, cells, cell, lo, tol);
     rdc::assign_cuda(call.args, ptr<const float>(emb), ptr<const uint8_t>(mask), ptr<const int32_t>(cand_start),
                      ptr<const int32_t>(cand_items), max_d2, ptr<int32_t>(labels), device, ptr<void>(stream));
   }, release);

@@ -109,15 +109,25 @@ def unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 CELLS_PER_CENTRE = 8
 
 
-def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]):
-    """Uniform grid over the image's physical box with the centres bucketed per cell (CSR).
+def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[float],
+                 origin: Optional[Sequence[int]] = None):
+    """Uniform grid over a physical box holding every centre, with the centres bucketed per cell
+    (CSR): the image's box, or for a block at ``origin`` of a larger image the bounding box of the
+    block and the centres (pixels pointing elsewhere take the kernel's exact ring search).
 
     About eight cells per centre, cubic in physical units: most cells then lie inside one centre's
     Voronoi region and have a single candidate.
     """
     ndim = len(shape)
     k = centres.shape[0]
-    extent = [(n - 1) * s for n, s in zip(shape, spacing)]
+    first, last = [0] * ndim, [n - 1 for n in shape]  # the grid's pixel range per axis
+    if origin is not None:
+        low, high = centres.amin(dim=0).tolist(), centres.amax(dim=0).tolist()
+        first = [min(o, c) for o, c in zip(origin, low)]
+        last = [max(o + n - 1, c) for o, n, c in zip(origin, shape, high)]
+    pixels = [b - a + 1 for a, b in zip(first, last)]
+    lo = [a * s for a, s in zip(first, spacing)]
+    extent = [(n - 1) * s for n, s in zip(pixels, spacing)]
     spread = [a for a in range(ndim) if extent[a] > 0]
     cells, cell = [1] * ndim, [1.0] * ndim
     if spread:
@@ -126,11 +136,13 @@ def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[
         log_side = (sum(math.log(extent[a]) for a in spread) - math.log(target)) / len(spread)
         for a in spread:
             ratio = math.exp(min(math.log(extent[a]) - log_side, 700.0))
-            cells[a] = int(min(max(math.ceil(ratio), 1), shape[a]))
+            cells[a] = int(min(max(math.ceil(ratio), 1), pixels[a]))
             cell[a] = extent[a] / cells[a]
     device = centres.device
     s = torch.tensor(list(spacing), dtype=torch.float64, device=device)
-    bucket = torch.floor(centres.to(torch.float64) * s / torch.tensor(cell, dtype=torch.float64, device=device))
+    # Shifted in integers first, so that a whole image (first == 0) buckets exactly as before.
+    shifted = centres - torch.tensor(first, dtype=torch.int64, device=device)
+    bucket = torch.floor(shifted.to(torch.float64) * s / torch.tensor(cell, dtype=torch.float64, device=device))
     bucket = torch.minimum(bucket.clamp_min(0), torch.tensor(cells, dtype=torch.float64, device=device) - 1).long()
     flat = torch.zeros(k, dtype=torch.int64, device=device)
     for a in range(ndim):
@@ -140,7 +152,7 @@ def _centre_grid(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[
     cell_start[1:] = torch.cumsum(torch.bincount(flat, minlength=n_cells), 0).to(torch.int32)
     cell_items = torch.argsort(flat, stable=True).to(torch.int32)
     tol = 1e-6 * max(cell)
-    return cells, cell, cell_start, cell_items, tol
+    return cells, cell, lo, cell_start, cell_items, tol
 
 
 def assign_to_centres(
@@ -149,11 +161,17 @@ def assign_to_centres(
     centres: torch.Tensor,
     spacing: Sequence[float],
     max_distance: Optional[float],
+    origin: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     shape = list(mask.shape)
     if centres.shape[0] >= 2**31 - 1:
         raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
-    if centres.shape[0]:
+    if centres.shape[0] and origin is not None:
+        negative = (centres < 0).any(dim=1)
+        if bool(negative.any()):
+            bad = centres[negative][0].tolist()
+            raise ValueError(f"centres: with an origin, centres are pixel indices of the larger image (>= 0), got {bad}")
+    elif centres.shape[0]:
         upper = torch.tensor(shape, device=centres.device)
         outside = ((centres < 0) | (centres >= upper)).any(dim=1)
         if bool(outside.any()):
@@ -162,8 +180,8 @@ def assign_to_centres(
     if centres.shape[0] == 0 or mask.numel() == 0:
         return torch.zeros(shape, dtype=torch.int32, device=mask.device)
     labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
-    cells, cell, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing)
-    grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, tol)
+    cells, cell, lo, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing, origin)
+    grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, lo, tol)
     max_d2 = math.inf if max_distance is None else float(max_distance) * float(max_distance)  # inf, not OverflowError
     n_cells = math.prod(cells)
     counts = torch.empty(n_cells, dtype=torch.int32, device=mask.device)

@@ -58,12 +58,13 @@ def assign_to_centres(
     centres: torch.Tensor,
     spacing: list[float],
     max_distance: Optional[float],
+    origin: Optional[list[int]] = None,
 ) -> torch.Tensor:
-    return _launch.assign_to_centres(embeddings, mask, centres, spacing, max_distance)
+    return _launch.assign_to_centres(embeddings, mask, centres, spacing, max_distance, origin)
 
 
 @assign_to_centres.register_fake
-def _(embeddings, mask, centres, spacing, max_distance):
+def _(embeddings, mask, centres, spacing, max_distance, origin=None):
     return mask.new_empty(mask.shape, dtype=torch.int32)
 
 

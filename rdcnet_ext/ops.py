@@ -260,17 +260,44 @@ def assign_to_centres(
     centres: Array,
     spacing: Optional[Sequence[float]] = None,
     max_distance: Optional[float] = None,
+    origin: Optional[Sequence[int]] = None,
 ) -> Array:
     """Instance labels (int32, the image's shape): each masked pixel gets ``k + 1`` for the centre
     ``k`` nearest to its embedding (physical position ``centres[k] * spacing``, Euclidean, ties to
     the lowest ``k``); 0 for background, non-finite embeddings, no centres, or a nearest centre
     farther than ``max_distance``.
+
+    Without ``origin`` the centres must lie inside the image. With ``origin`` (``ndim``
+    non-negative ints) the arrays are the block of a larger image whose first pixel is the larger
+    image's pixel ``origin``, and ``centres`` are pixel indices (>= 0) of the larger image, inside
+    the block or not; the result is the whole-image result restricted to the block. (A pixel's
+    label depends only on its own embedding, which is in the larger image's physical frame: the
+    origin only places the kernel's search grid, and lifts the inside-the-image requirement.)
     """
     emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
     centres = _check_centres(centres, ndim, emb.device)
     spacing = _check_spacing(spacing, ndim)
     max_distance = _check_max_distance(max_distance)
-    return _out(_library.call("assign_to_centres", emb, mask, centres, spacing, max_distance), was_numpy)
+    if origin is None:
+        return _out(_library.call("assign_to_centres", emb, mask, centres, spacing, max_distance), was_numpy)
+    origin = _check_origin(origin, ndim)
+    return _out(_library.call("assign_to_centres", emb, mask, centres, spacing, max_distance, origin), was_numpy)
+
+
+def _check_origin(origin, ndim: int) -> list:
+    """``origin``: ``ndim`` non-negative Python ints (a sequence or a 1-D integer array)."""
+    if isinstance(origin, (torch.Tensor, np.ndarray)):
+        if origin.ndim != 1:
+            raise ValueError(f"origin: expected {ndim} non-negative ints, got {_describe(origin)}")
+        origin = origin.tolist()
+    try:
+        values = list(origin)
+    except TypeError:
+        raise TypeError(f"origin: expected a sequence of {ndim} non-negative ints, got {_describe(origin)}") from None
+    if len(values) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+                                      for v in values):
+        raise ValueError(f"origin: expected {ndim} non-negative ints, got {origin!r}")
+    return [int(v) for v in values]
 
 
 def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float]] = None) -> Array:

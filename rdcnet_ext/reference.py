@@ -141,9 +141,14 @@ def assign_to_centres(
     centres: torch.Tensor,
     spacing: Optional[Sequence[float]] = None,
     max_distance: Optional[float] = None,
+    origin: Optional[Sequence[int]] = None,
     chunk: int = 1 << 16,
 ) -> torch.Tensor:
     """Nearest-centre labels, int32 of the image's shape.
+
+    ``origin`` (the block's first pixel in a larger image, whose pixel indices ``centres`` then
+    are) changes nothing here: a pixel's label depends only on its embedding, already in the
+    larger image's physical frame. It matters to the op's validation and search grid only.
 
     A masked pixel with finite embedding ``e`` gets ``k + 1`` for the centre minimising
     ``d2 = sum_a (e_a - centres[k, a] * spacing_a)**2`` (float64, summed over axes in order; ties

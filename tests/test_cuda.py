@@ -110,6 +110,24 @@ def test_assign_random(shape, spacing, k, max_distance, rng):
     assert_equal(got, expected, "labels")
 
 
+@pytest.mark.parametrize("image,spacing,block", [((40, 33), (1.0, 0.4), (13, 11)), ((12, 30, 26), ANISO_3D, (5, 9, 8))])
+@pytest.mark.parametrize("k", [1, 120])
+@pytest.mark.parametrize("max_distance", [None, 2.5])
+def test_assign_block_with_origin(image, spacing, block, k, max_distance, rng):
+    """A block of a larger image with centres anywhere in it (origin=): equal to the reference and
+    to the CPU op."""
+    origin = [int(rng.integers(0, n - b + 1)) for n, b in zip(image, block)]
+    region = (slice(None),) + tuple(slice(o, o + b) for o, b in zip(origin, block))
+    emb = random_embeddings(image, spacing, rng)[region].contiguous()
+    mask = random_mask(block, rng, 0.9)
+    centres = random_centres(image, k, rng, duplicates=True)
+    centres[0] = torch.tensor([3 * n + 5 for n in image])  # far beyond the larger image
+    expected = ref.assign_to_centres(emb, mask, centres, spacing_list(spacing, len(image)), max_distance)
+    got = ops.assign_to_centres(cuda(emb), cuda(mask), cuda(centres), spacing, max_distance, origin=origin)
+    assert_equal(got, expected, "labels")
+    assert_equal(got.cpu(), ops.assign_to_centres(emb, mask, centres, spacing, max_distance, origin=origin), "cpu")
+
+
 @geometries
 @pytest.mark.parametrize("radius", [0.7, 1.5, 2.9])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64], ids=str)

@@ -113,3 +113,29 @@ def test_numpy_input_and_bad_arguments():
     with pytest.raises(ValueError, match="min_distance"):
         large.embeddings_to_labels(emb, mask, -1.0)
 
+
+
+@pytest.mark.parametrize("spacing", [None, (0.5, 1.3)])
+@pytest.mark.parametrize("max_distance", [None, 3.0])
+def test_assignment_with_ties_outliers_and_remote_centres(spacing, max_distance):
+    """assign_labels equals the whole-image op when embeddings sit exactly between centres (ties),
+    far outside the image, or are NaN/inf, and most centres lie in other chunks."""
+    rng = np.random.default_rng(7)
+    shape = (23, 31)
+    sp = np.asarray(spacing or (1.0, 1.0))
+    centres = np.stack([rng.integers(0, n, 40) for n in shape], 1).astype(np.int64)
+    centres = centres[np.lexsort(centres.T[::-1])]
+    pos = centres * sp
+    # Midpoints of random centre pairs (exact ties in float64 and often in float32), plus noise.
+    a, b = rng.integers(0, len(centres), (2,) + shape)
+    emb = ((pos[a] + pos[b]) / 2).transpose(2, 0, 1).astype(np.float32)
+    noisy = rng.random(shape) < 0.3
+    emb[:, noisy] += rng.normal(0, 2.0, (2, int(noisy.sum()))).astype(np.float32)
+    emb[0, rng.random(shape) < 0.03] = 1e6
+    emb[1, rng.random(shape) < 0.02] = np.nan
+    emb[0, rng.random(shape) < 0.02] = -np.inf
+    mask = rng.random(shape) < 0.9
+    expected = ops.assign_to_centres(emb, mask, centres, spacing, max_distance)
+    for chunks in [(5, 4), (7, 31), (23, 9)]:
+        got = large.assign_labels(emb, mask, centres, spacing, max_distance, chunks=chunks)
+        np.testing.assert_array_equal(got.compute(scheduler="sync"), expected, err_msg=str(chunks))

@@ -1,5 +1,6 @@
 // Nearest-centre assignment (DESIGN.md, "assign_to_centres"), exact in float64 with ties to the
-// lowest centre index, accelerated by a uniform grid over the image's physical box:
+// lowest centre index, accelerated by a uniform grid over a physical box holding every centre (the
+// image's box, or for a block of a larger image the box of the block and the centres):
 //  * centres are bucketed by grid cell (CSR built by the caller),
 //  * each cell gets the list of centres that can be nearest to some point of it
 //    (cell_candidates), so most pixels test one or two centres,
@@ -21,7 +22,8 @@ struct CentreGrid {
   const int32_t* cell_items;  // centre indices, bucket by bucket
   Shape<NDIM> cells;          // grid size in cells per axis
   double spacing[NDIM];
-  double cell[NDIM];          // physical cell size; the grid box is [0, cells * cell] per axis
+  double lo[NDIM];            // physical position of the grid's first corner
+  double cell[NDIM];          // physical cell size; the grid box is [lo, lo + cells * cell] per axis
   double inv_cell[NDIM];      // 1 / cell: locating a point only needs to be right up to tol
   double tol;                 // physical slack on every box bound
 };
@@ -36,6 +38,7 @@ struct AssignArgs {
   const int32_t* cell_items;  // (K)
   const int64_t* cells;       // grid size per axis
   const double* cell;         // physical cell size per axis
+  const double* lo;           // physical grid corner per axis (0 for a whole image)
   double tol;
 };
 
@@ -49,6 +52,7 @@ inline CentreGrid<NDIM> make_grid(const AssignArgs& a) {
     g.cells.size[d] = a.cells[d];
     g.spacing[d] = a.spacing[d];
     g.cell[d] = a.cell[d];
+    g.lo[d] = a.lo[d];
     g.inv_cell[d] = 1.0 / a.cell[d];
   }
   g.tol = a.tol;
@@ -131,10 +135,10 @@ RDC_HD double beyond_ring_d2(const CentreGrid<NDIM>& g, const int64_t* c, int64_
       double gap;
       if (side == 0) {
         if (c[a] - r <= 0) continue;
-        gap = blo[a] - static_cast<double>(c[a] - r) * g.cell[a];
+        gap = blo[a] - (g.lo[a] + static_cast<double>(c[a] - r) * g.cell[a]);
       } else {
         if (c[a] + r >= g.cells.size[a] - 1) continue;
-        gap = static_cast<double>(c[a] + r + 1) * g.cell[a] - bhi[a];
+        gap = (g.lo[a] + static_cast<double>(c[a] + r + 1) * g.cell[a]) - bhi[a];
       }
       gap = max_of(gap - g.tol, 0.0);
       const double d2 = gap * gap + (out_total - outside[a]);
@@ -151,7 +155,7 @@ RDC_HD bool locate(const CentreGrid<NDIM>& g, const double* e, int64_t* c) {
   for (int a = 0; a < NDIM; ++a) {
     // Truncation is floor for f >= 0; the multiplication may be off by an ulp near a cell
     // face, which the tol slack of every candidate list covers.
-    const double f = e[a] * g.inv_cell[a];
+    const double f = (e[a] - g.lo[a]) * g.inv_cell[a];
     if (!(f >= 0.0 && f < static_cast<double>(g.cells.size[a]))) inside = false;
     c[a] = !(f >= 0.0) ? 0 : (f >= static_cast<double>(g.cells.size[a]) ? g.cells.size[a] - 1 : static_cast<int64_t>(f));
   }
@@ -166,8 +170,8 @@ RDC_HD Nearest nearest_by_rings(const CentreGrid<NDIM>& g, const double* e) {
   locate(g, e, c);
   double outside[NDIM];
   for (int a = 0; a < NDIM; ++a) {
-    const double top = static_cast<double>(g.cells.size[a]) * g.cell[a];
-    const double d = max_of(max_of(-e[a], e[a] - top) - g.tol, 0.0);
+    const double top = g.lo[a] + static_cast<double>(g.cells.size[a]) * g.cell[a];
+    const double d = max_of(max_of(g.lo[a] - e[a], e[a] - top) - g.tol, 0.0);
     outside[a] = d * d;
   }
   Nearest best{0.0, -1};
@@ -212,8 +216,8 @@ RDC_HD int32_t cell_candidates(const CentreGrid<NDIM>& g, int64_t cell, int32_t*
   g.cells.unravel(cell, c);
   double blo[NDIM], bhi[NDIM], mid[NDIM], outside[NDIM];
   for (int a = 0; a < NDIM; ++a) {
-    blo[a] = static_cast<double>(c[a]) * g.cell[a] - g.tol;
-    bhi[a] = static_cast<double>(c[a] + 1) * g.cell[a] + g.tol;
+    blo[a] = (g.lo[a] + static_cast<double>(c[a]) * g.cell[a]) - g.tol;
+    bhi[a] = (g.lo[a] + static_cast<double>(c[a] + 1) * g.cell[a]) + g.tol;
     mid[a] = 0.5 * (blo[a] + bhi[a]);
     outside[a] = 0.0;
   }

@@ -9,8 +9,9 @@ steps of :func:`rdcnet_ext.ops.embeddings_to_labels` split over chunks without a
    plus the smoothing box, keeping the peaks of the chunk proper (the halo makes the window and
    the box sums exact; row-major tie breaking is unchanged by a shift of origin);
 3. one global, row-major ordered centre list; each chunk is assigned with
-   :func:`rdcnet_ext.ops.assign_to_centres` over the centres that can be nearest to one of its
-   embeddings (a conservative bound, so ties to the lowest index are kept);
+   :func:`rdcnet_ext.ops.assign_to_centres` given the chunk's ``origin`` (centres may lie outside
+   the chunk), over the centres that can be nearest to one of its embeddings (a conservative
+   bound, keeping the global order, so ties to the lowest index are kept);
 4. :func:`rdcnet_ext.ops.label_opening` on each chunk grown by two ball radii (a pixel's fate
    depends on labels up to two radii away); where the grown chunk meets the image border the
    op's "outside counts as the same label" rule applies, as on the whole image.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -272,120 +272,44 @@ def find_centres(embeddings, mask, min_distance: float, spacing=None, min_votes:
 # ---- step 3: assignment -----------------------------------------------------------------------
 
 # Relative slack on the distance bounds: the op sums float64 squares in another order than the
-# bounds here, so candidates are kept unless they are farther by more than rounding can explain.
+# bounds here, so centres are kept unless they are farther by more than rounding can explain.
 _SLACK = 1e-9
 
 
-@dataclass
-class _CentreIndex:
-    """Centre positions (physical) with a KD-tree to find those that can be nearest to a box."""
-
-    centres: np.ndarray  # (K, ndim) int64, row-major order
-    positions: np.ndarray  # (K, ndim) float64
-
-    def __post_init__(self):
-        from scipy.spatial import cKDTree
-
-        self.tree = cKDTree(self.positions) if len(self.positions) else None
-
-    def candidates(self, lo: np.ndarray, hi: np.ndarray, max_distance: Optional[float]) -> np.ndarray:
-        """Sorted indices of every centre that is nearest (or tied) for some point of the box
-        [lo, hi]: centres whose distance to the box exceeds the smallest farthest-corner distance
-        of any centre (or ``max_distance``) can never win."""
-        if self.tree is None:
-            return np.zeros(0, np.int64)
-        mid, half = (lo + hi) / 2, (hi - lo) / 2
-        radius_box = float(np.sqrt(np.sum(half * half)))
-        _, near = self.tree.query(mid)
-        # The farthest corner of the box from the centre nearest the box's middle bounds the
-        # distance from any point of the box to its nearest centre.
-        p = self.positions[near]
-        far = np.maximum(np.abs(p - lo), np.abs(p - hi))
-        bound = float(np.sqrt(np.sum(far * far)))
-        if max_distance is not None:
-            bound = min(bound, float(max_distance))
-        bound = bound * (1 + _SLACK) + _SLACK
-        idx = np.asarray(self.tree.query_ball_point(mid, bound + radius_box + _SLACK * (1 + radius_box)),
-                         dtype=np.int64)
-        if idx.size == 0:
-            return idx
-        q = self.positions[idx]
-        gap = np.maximum(np.maximum(lo - q, q - hi), 0.0)
-        dmin = np.sqrt(np.sum(gap * gap, axis=1))
-        return np.sort(idx[dmin <= bound])
-
-
-def _exact_d2(e: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """(n, K) squared distances as :func:`rdcnet_ext.ops.assign_to_centres` defines them: float64
-    squared differences summed over the axes in order."""
-    d2 = None
-    for a in range(e.shape[0]):
-        diff = e[a][:, None] - positions[None, :, a]
-        d2 = diff * diff if d2 is None else d2 + diff * diff
-    return d2
-
-
-def _nearest(e: np.ndarray, positions: np.ndarray, ids: np.ndarray, max_distance, block: int = 1 << 14):
-    """Labels ``ids[k] + 1`` of the nearest of ``positions`` (ties: the first; ``ids`` ascending)
-    to each embedding ``e`` (ndim, n) float64, or 0 beyond ``max_distance``, exactly as the op
-    decides. A KD-tree finds the two nearest; where they are closer than rounding could separate,
-    the op's distances decide between all candidates."""
-    from scipy.spatial import cKDTree
-
-    n = e.shape[1]
-    if len(positions) == 1:
-        best = np.zeros(n, np.int64)
-    else:
-        dist, near = cKDTree(positions).query(e.T, k=2)
-        best = near[:, 0].astype(np.int64)
-        unsure = np.flatnonzero(dist[:, 1] - dist[:, 0] <= _SLACK * (1.0 + dist[:, 1]))
-        for i in range(0, unsure.size, block):
-            rows = unsure[i:i + block]
-            best[rows] = np.argmin(_exact_d2(e[:, rows], positions), axis=1)  # first minimum: lowest id
-    labels = (ids[best] + 1).astype(np.int32)
+def _chunk_candidates(lo: np.ndarray, hi: np.ndarray, positions: np.ndarray,
+                      max_distance: Optional[float]) -> np.ndarray:
+    """Ascending indices of the centres that can be nearest (or tied) to some point of the box
+    [lo, hi], or within ``max_distance`` of one: every point of the box has a centre within U =
+    the smallest farthest-corner distance of any centre, so a centre farther than U (or
+    ``max_distance``) from the whole box never wins there, and dropping it changes no label."""
+    far = np.maximum(np.abs(positions - lo), np.abs(positions - hi))
+    bound = float(np.sqrt(np.min(np.sum(far * far, axis=1))))
     if max_distance is not None:
-        d2 = None
-        for a in range(e.shape[0]):
-            diff = e[a] - positions[best, a]
-            d2 = diff * diff if d2 is None else d2 + diff * diff
-        labels[d2 > float(max_distance) ** 2] = 0
-    return labels
+        bound = min(bound, max_distance)
+    gap = np.maximum(np.maximum(lo - positions, positions - hi), 0.0)
+    near = np.sqrt(np.sum(gap * gap, axis=1))
+    return np.flatnonzero(near <= bound * (1 + _SLACK) + _SLACK)
 
 
-def _assign_chunk(emb, mask, index: _CentreIndex, spacing, max_distance, groups_per_axis: int = 4) -> np.ndarray:
-    """Nearest-centre labels of one chunk. Its pixels are grouped by where their embeddings
-    point (a coarse grid over the chunk's extent), and each group is assigned over only the
-    centres that can be nearest to its embeddings' box: short candidate lists whatever the chunk
-    size, and pixels that point far away form their own groups."""
-    out = np.zeros(mask.size, np.int32)
-    if len(index.centres) == 0 or not mask.any():
-        return out.reshape(mask.shape)
-    ndim = emb.shape[0]
-    flat = emb.reshape(ndim, -1)
-    pix = np.flatnonzero(mask.reshape(-1))
-    e = flat[:, pix].astype(np.float64)
-    finite = np.all(np.isfinite(e), axis=0)
-    pix, e = pix[finite], e[:, finite]
-    if pix.size == 0:
-        return out.reshape(mask.shape)
-    side = np.array([max(n // groups_per_axis, 1) * sp for n, sp in zip(mask.shape, spacing)], np.float64)
-    cell = np.floor(e / side[:, None])
-    cell -= cell.min(axis=1, keepdims=True)
-    key = np.zeros(pix.size, np.float64)  # float: cells of far outliers may not fit an int64 product
-    for a in range(ndim):
-        key = key * (cell[a].max() + 1) + cell[a]
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    ends = np.r_[starts[1:], key.size]
-    for s0, s1 in zip(starts, ends):
-        members = order[s0:s1]
-        g = e[:, members]
-        cand = index.candidates(g.min(axis=1), g.max(axis=1), max_distance)
-        if cand.size == 0:
-            continue
-        out[pix[members]] = _nearest(g, index.positions[cand], cand, max_distance)
-    return out.reshape(mask.shape)
+def _assign_chunk(emb, mask, centres: np.ndarray, spacing, max_distance, origin) -> np.ndarray:
+    """Nearest-centre labels of the chunk at pixel ``origin``: :func:`rdcnet_ext.ops.assign_to_centres`
+    with the chunk's origin over the global centres that can win in it (a subset in the global
+    order, so ties still go to the lowest index), relabelled to global indices."""
+    none = np.zeros(mask.shape, np.int32)
+    if len(centres) == 0 or not mask.any():
+        return none
+    # Box of the masked embeddings, without copying them: fmin/fmax skip NaNs; an infinite
+    # coordinate only widens the box (more centres kept, same labels).
+    lo = np.array([np.fmin.reduce(emb[a], axis=None, where=mask, initial=np.inf) for a in range(len(emb))], np.float64)
+    hi = np.array([np.fmax.reduce(emb[a], axis=None, where=mask, initial=-np.inf) for a in range(len(emb))], np.float64)
+    if not np.all(lo <= hi):  # an axis with no number: every masked pixel has a NaN there
+        return none
+    keep = _chunk_candidates(lo, hi, centres * np.asarray(spacing, np.float64), max_distance)
+    local = ops.assign_to_centres(emb, mask, centres[keep], spacing, max_distance, origin=origin)
+    if len(keep) == len(centres):
+        return local
+    ids = np.concatenate([[0], keep + 1]).astype(np.int32)  # local label j -> global label
+    return ids[local]
 
 
 def _open_chunk(labels, core, region, radius, spacing) -> np.ndarray:
@@ -415,12 +339,13 @@ def assign_labels(embeddings, mask, centres, spacing=None, max_distance: Optiona
         max_distance = float(max_distance)
         if not max_distance >= 0:
             raise ValueError(f"max_distance: expected a number >= 0 or None, got {max_distance}")
-    index = dask.delayed(_CentreIndex(centres, centres.astype(np.float64) * np.asarray(spacing)), pure=True)
+    shared = dask.delayed(centres, pure=True)
     emb_blocks = embeddings.to_delayed().reshape(-1)
     mask_blocks = mask.to_delayed().reshape(-1)
     tasks = {}
-    for (idx, _), e, m in zip(_blocks(mask.chunks), emb_blocks, mask_blocks):
-        tasks[idx] = dask.delayed(_assign_chunk, pure=True)(e, m, index, spacing, max_distance)
+    for (idx, core), e, m in zip(_blocks(mask.chunks), emb_blocks, mask_blocks):
+        origin = [sl.start for sl in core]
+        tasks[idx] = dask.delayed(_assign_chunk, pure=True)(e, m, shared, spacing, max_distance, origin)
     if opening_radius is None:
         return _from_blocks(tasks, mask.chunks, np.int32)
     opening_radius = float(opening_radius)
