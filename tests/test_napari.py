@@ -1,15 +1,35 @@
 """The napari plugin: its Qt-free core (segment, train, sample data) against rdcnet's public API,
-and the widgets in an offscreen napari viewer (make_napari_viewer; software OpenGL), when napari
-is installed (the `napari` extra; the `test` extra includes it)."""
+and its widgets, offscreen and, where Qt can open an X display (Xvfb in CI), docked in a real napari
+viewer, when napari is installed (the `napari` extra; the `test` extra includes it)."""
 
 import importlib.util
 import os
 import types
 
+
+def _qt_display_works() -> bool:
+    """Whether a napari viewer opens and renders on the X display, tried in a child process: a display
+    Qt or OpenGL cannot use (e.g. a missing platform library) aborts the process, which must not take
+    the test run with it."""
+    import subprocess
+    import sys
+
+    if not os.environ.get("DISPLAY") or importlib.util.find_spec("napari") is None:
+        return False
+    # A viewer that renders once: the X display, Qt's platform libraries and OpenGL all work.
+    code = "import napari; v = napari.Viewer(show=False); v.screenshot(canvas_only=True); v.close()"
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}  # the X display itself, not a platform set elsewhere
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, env=env).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 # A real viewer needs an X display with OpenGL (pytest-xvfb starts Xvfb when it is installed, as in CI);
-# without one, Qt's offscreen platform still runs the widgets (not the viewer's canvas).
-if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before any Qt application exists
+# without a usable one, Qt's offscreen platform still runs the widgets (not the viewer's canvas).
+HAS_DISPLAY = _qt_display_works()
+if not HAS_DISPLAY:
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any Qt application exists
 os.environ.setdefault("LIBGL_ALWAYS_SOFTWARE", "1")
 
 import numpy as np  # noqa: E402
@@ -102,9 +122,9 @@ def test_train_on_a_layer_writes_a_usable_checkpoint(tmp_path):
 
 HAS_NAPARI = all(importlib.util.find_spec(m) is not None for m in ("napari", "pytestqt", "magicgui", "npe2"))
 needs_napari = pytest.mark.skipif(not HAS_NAPARI, reason="needs the 'napari' extra and pytest-qt")
-needs_viewer = pytest.mark.skipif(not (HAS_NAPARI and os.environ.get("DISPLAY")),
-                                  reason="a napari viewer needs an X display with OpenGL (install Xvfb: "
-                                         "pytest-xvfb then starts one)")
+needs_viewer = pytest.mark.skipif(not (HAS_NAPARI and HAS_DISPLAY),
+                                  reason="a napari viewer needs an X display Qt can open, with OpenGL (install "
+                                         "Xvfb and Mesa: pytest-xvfb then starts one)")
 
 
 class RecordingViewer:
@@ -178,8 +198,10 @@ def test_train_widget_passes_the_drawn_labels(qtbot, tmp_path, monkeypatch):
 
 
 @needs_viewer
-def test_segment_widget_docked_in_a_real_viewer(make_napari_viewer, qtbot, tmp_path):
+def test_segment_widget_docked_in_a_real_viewer(request, tmp_path):
     from napari.layers import Labels
+
+    make_napari_viewer, qtbot = request.getfixturevalue("make_napari_viewer"), request.getfixturevalue("qtbot")
 
     model = _model()
     post = PostprocessConfig(margin=4.0, min_votes=3, smooth_radius=1)
