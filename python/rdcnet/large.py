@@ -396,11 +396,10 @@ def receptive_radius(model) -> Tuple[int, ...]:
 
 
 def _task_device(device):
-    import torch
+    """The device of this task's worker (with "auto", each GPU worker's own)."""
+    from ._checks import resolve_device
 
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device("auto" if device is None else device)
 
 
 def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations):
@@ -408,6 +407,7 @@ def _predict_block(image, core, region, model, ranges, channel_axis, device, ite
     import torch
 
     from .data.dataset import apply_normalization, to_channels_first
+    from .postprocess import foreground
 
     x = np.array(to_channels_first(np.asarray(image), channel_axis), dtype=np.float32, order="C", copy=True)
     apply_normalization(x, ranges)
@@ -418,7 +418,7 @@ def _predict_block(image, core, region, model, ranges, channel_axis, device, ite
         out = model(torch.from_numpy(x)[None].to(dev), origin=tuple(r.start for r in region), iterations=iterations)
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
     emb = out.embeddings[0][(slice(None),) + inner].float().cpu().numpy()
-    mask = (out.probabilities[0][(slice(None),) + inner].argmax(0) != 0).cpu().numpy()
+    mask = foreground(out.probabilities[0][(slice(None),) + inner]).cpu().numpy()
     return np.ascontiguousarray(emb), np.ascontiguousarray(mask)
 
 
@@ -597,10 +597,9 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
         with _TaskBar("network", progress):
             da.store([embeddings, mask], [z_emb, z_mask], lock=False)
         emb_s, mask_s = da.from_zarr(z_emb), da.from_zarr(z_mask)
-        min_distance = postprocess.margin if postprocess.min_distance is None else postprocess.min_distance
         with _TaskBar("votes and peaks", progress):
             labels, centres = embeddings_to_labels(
-                emb_s, mask_s, float(min_distance), spacing=tuple(model.config.spacing),
+                emb_s, mask_s, float(postprocess.peak_window), spacing=tuple(model.config.spacing),
                 min_votes=int(postprocess.min_votes), smooth_radius=int(postprocess.smooth_radius),
                 max_distance=postprocess.max_distance, opening_radius=postprocess.opening_radius)
         with _TaskBar("labels", progress):

@@ -38,9 +38,7 @@ def _per_axis(value, ndim: int, name: str, kind=int) -> Tuple:
     return value
 
 
-def ssdc_unfused(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope):
-    """The sSDC with framework ops (the ``"chain"`` path of :mod:`rdcnet.ssdc`)."""
-    return ssdc_chain(x, weight, bias, reduce_weight, reduce_bias, dilations, groups, negative_slope)
+ssdc_unfused = ssdc_chain  # the older name of the "chain" path of rdcnet.ssdc
 
 
 class SSDC(nn.Module):

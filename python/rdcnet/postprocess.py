@@ -15,7 +15,7 @@ from rdcnet_ext import ops
 
 from ._checks import check_int, check_number
 
-__all__ = ["PostprocessConfig", "labels_from_output", "check_postprocess_value"]
+__all__ = ["PostprocessConfig", "labels_from_output", "foreground", "check_postprocess_value"]
 
 # What each decoding parameter accepts: (kind, lower bound, may be None). Distances are finite
 # (the ops clip windows and balls to the image); counts fit the ops' int32 vote maps.
@@ -64,8 +64,19 @@ class PostprocessConfig:
         for field in _RULES:
             setattr(self, field, check_postprocess_value(field, getattr(self, field)))
 
+    @property
+    def peak_window(self) -> float:
+        """The half-size of the peak window ``find_peaks`` uses: ``min_distance``, else ``margin``."""
+        return self.margin if self.min_distance is None else self.min_distance
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def foreground(probabilities: torch.Tensor) -> torch.Tensor:
+    """The foreground of ``probabilities`` (n_classes, *S): pixels whose most probable class is not
+    the background (class 0)."""
+    return probabilities.argmax(0) != 0
 
 
 def labels_from_output(embeddings: torch.Tensor, probabilities: torch.Tensor,
@@ -75,10 +86,8 @@ def labels_from_output(embeddings: torch.Tensor, probabilities: torch.Tensor,
     if embeddings.dim() != probabilities.dim() or embeddings.shape[1:] != probabilities.shape[1:]:
         raise ValueError(f"embeddings {tuple(embeddings.shape)} and probabilities {tuple(probabilities.shape)}: "
                          "expected (ndim, *S) and (n_classes, *S) over the same image")
-    mask = probabilities.argmax(0) != 0
-    min_distance = config.margin if config.min_distance is None else config.min_distance
     return ops.embeddings_to_labels(
-        embeddings.detach().float().contiguous(), mask.contiguous(), float(min_distance),
+        embeddings.detach().float().contiguous(), foreground(probabilities).contiguous(), float(config.peak_window),
         spacing=tuple(float(s) for s in spacing), min_votes=int(config.min_votes),
         smooth_radius=int(config.smooth_radius), max_distance=config.max_distance,
         opening_radius=config.opening_radius)

@@ -154,11 +154,11 @@ def show_iterations(model, image, path, postprocess=None, iterations: Optional[i
 def _votes_and_centres(out, spacing, postprocess):
     from rdcnet_ext import ops
 
-    mask = out.probabilities.argmax(0) != 0
+    from .postprocess import foreground
+
     emb = out.embeddings.float().contiguous()
-    votes = ops.hough_votes(emb, mask.contiguous(), spacing=tuple(float(s) for s in spacing))
-    min_distance = postprocess.margin if postprocess.min_distance is None else postprocess.min_distance
-    centres = ops.find_peaks(votes, float(min_distance), min_votes=int(postprocess.min_votes),
+    votes = ops.hough_votes(emb, foreground(out.probabilities).contiguous(), spacing=tuple(float(s) for s in spacing))
+    centres = ops.find_peaks(votes, float(postprocess.peak_window), min_votes=int(postprocess.min_votes),
                              spacing=tuple(float(s) for s in spacing), smooth_radius=int(postprocess.smooth_radius))
     return votes.numpy(), centres.numpy()
 

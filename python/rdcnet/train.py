@@ -413,7 +413,7 @@ def _tune_best(best_path: Path, val_images, val_labels, config: TrainConfig, dev
     tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device)
     if progress:
         print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window "
-              f"{tuned.min_distance if tuned.min_distance is not None else tuned.margin:g} and min_votes "
+              f"{tuned.peak_window:g} and min_votes "
               f"{tuned.min_votes} (saved in {best_path.name})", file=sys.stderr)
     extra = {k: ckpt[k] for k in ("epoch", "history", "best_f1", "best_val_loss", "selected_by") if k in ckpt}
     save_checkpoint(best_path, best_model, dataclasses.replace(config, postprocess=tuned), **extra,

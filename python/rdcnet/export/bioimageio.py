@@ -79,7 +79,7 @@ foreground pixel takes the label of the nearest centre. With the parameters of t
 import numpy as np
 from rdcnet_ext import ops
 labels = ops.embeddings_to_labels(embeddings[0], probabilities[0].argmax(0) != 0,
-                                  min_distance={post.min_distance if post.min_distance is not None else post.margin!r},
+                                  min_distance={post.peak_window!r},
                                   spacing={list(spacing)!r}, min_votes={post.min_votes!r},
                                   smooth_radius={post.smooth_radius!r}, max_distance={post.max_distance!r},
                                   opening_radius={post.opening_radius!r})

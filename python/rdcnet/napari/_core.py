@@ -70,6 +70,7 @@ def segment(image: np.ndarray, model, postprocess, *, scale: Optional[Sequence[f
     in the layer's physical coordinates."""
     from rdcnet_ext import ops
 
+    from ..postprocess import foreground
     from ..predict import predict
 
     cfg = model.config
@@ -100,14 +101,13 @@ def segment(image: np.ndarray, model, postprocess, *, scale: Optional[Sequence[f
     if with_votes or with_centres:
         say("votes and centres")
         emb = out.embeddings.detach().float().contiguous()
-        mask = (out.probabilities.argmax(0) != 0).contiguous()
+        mask = foreground(out.probabilities).contiguous()
         votes = ops.hough_votes(emb, mask, spacing=model_spacing)
         if with_votes:
             layers.append((votes.cpu().numpy(), {"name": f"{name} RDCNet votes", "scale": grid_scale,
                                                  "colormap": "magma", "blending": "additive"}, "image"))
         if with_centres:
-            md = postprocess.margin if postprocess.min_distance is None else postprocess.min_distance
-            centres = ops.find_peaks(votes, md, postprocess.min_votes, model_spacing, postprocess.smooth_radius)
+            centres = ops.find_peaks(votes, postprocess.peak_window, postprocess.min_votes, model_spacing, postprocess.smooth_radius)
             layers.append((centres.cpu().numpy().astype(np.float64), {"name": f"{name} RDCNet centres",
                            "scale": grid_scale, "size": 3, "face_color": "yellow"}, "points"))
     return layers
