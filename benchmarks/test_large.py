@@ -129,3 +129,72 @@ def test_chunked_zarr_throughput(benchmark):
                                                       .rglob("*") if f.is_file()) / 1e9, 2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _one_chunk(p):
+    """The 3D case's chunk at block (1, 1, 1) (contiguous copies, as a zarr read gives them)."""
+    region = tuple(slice(c, 2 * c) for c in CHUNKS["3d"])
+    emb = np.ascontiguousarray(p.field.embeddings[(slice(None),) + region])
+    return emb, np.ascontiguousarray(p.field.mask[region]), [r.start for r in region]
+
+
+def _numpy_block_votes(emb, mask, spacing, shape, origin):
+    """The NumPy routing rdcnet.large used before hough_votes_block: float64 quotient, rint,
+    unique, split into the block's dense votes and the bins outside it."""
+    ndim = emb.shape[0]
+    e = emb.reshape(ndim, -1)[:, mask.reshape(-1)].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        q = np.rint(e / np.asarray(spacing, np.float64)[:, None])
+    ok = np.all(np.isfinite(q), axis=0)
+    for a in range(ndim):
+        ok &= (q[a] >= 0) & (q[a] <= shape[a] - 1)
+    q = q[:, ok].astype(np.int64)
+    bins, counts = np.unique(np.ravel_multi_index(tuple(q), shape), return_counts=True)
+    local = np.stack(np.unravel_index(bins, shape)) - np.asarray(origin)[:, None]
+    inside = np.all((local >= 0) & (local < np.asarray(mask.shape)[:, None]), axis=0)
+    votes = np.zeros(mask.shape, np.int32)
+    votes[tuple(local[:, inside])] = counts[inside]
+    return votes, bins[~inside], counts[~inside]
+
+
+@pytest.mark.parametrize("impl", ["rdcnet_ext", "reference", "numpy"])
+def test_block_votes(benchmark, impl):
+    """One chunk's votes with those leaving it (group large-ops/votes-block)."""
+    import torch
+
+    from rdcnet_ext import reference
+
+    p = prepare("3d")
+    emb, mask, origin = _one_chunk(p)
+    shape, spacing = p.case.shape, p.case.spacing
+    run = {
+        "rdcnet_ext": lambda: tuple(ops.hough_votes_block(emb, mask, spacing, shape, origin)),
+        "reference": lambda: tuple(x.numpy() for x in reference.hough_votes_block(
+            torch.from_numpy(emb), torch.from_numpy(mask), list(spacing), shape, origin)),
+        "numpy": lambda: _numpy_block_votes(emb, mask, spacing, shape, origin),
+    }[impl]
+    benchmark.group = "large-ops/votes-block"
+    got = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    expected = ops.hough_votes_block(emb, mask, spacing, shape, origin)
+    same = all(np.array_equal(a, b) for a, b in zip(got, expected))
+    benchmark.extra_info.update(impl=impl, chunk=list(CHUNKS["3d"]), outside_bins=int(len(expected.outside_bins)),
+                                equal=same)
+    assert same
+
+
+@pytest.mark.parametrize("impl", ["index", "origin"])
+def test_chunk_assign(benchmark, impl):
+    """One chunk's nearest-centre labels: over a CentreIndex of the whole image built once
+    (``index``, what rdcnet.large does), or with ``origin=`` and the grid built per call."""
+    p = prepare("3d")
+    emb, mask, origin = _one_chunk(p)
+    case = p.case
+    centres = ops.find_peaks(ops.hough_votes(p.field.embeddings, p.field.mask, case.spacing), case.min_distance,
+                             case.min_votes, case.spacing, 1)
+    index = ops.CentreIndex(centres, case.shape, case.spacing)
+    run = {"index": lambda: ops.assign_to_centres(emb, mask, index),
+           "origin": lambda: ops.assign_to_centres(emb, mask, centres, case.spacing, origin=origin)}[impl]
+    benchmark.group = "large-ops/assign-chunk"
+    got = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(impl=impl, centres=len(centres))
+    assert np.array_equal(got, ops.assign_to_centres(emb, mask, centres, case.spacing, origin=origin))

@@ -65,6 +65,47 @@ def hough_votes(embeddings: torch.Tensor, mask: torch.Tensor, spacing: Sequence[
     return votes
 
 
+def hough_votes_block(embeddings: torch.Tensor, mask: torch.Tensor, spacing: Sequence[float],
+                      shape: Sequence[int], origin: Sequence[int]):
+    """(votes in the block (int32), outside bins (int64), their counts (int64))."""
+    block = list(mask.shape)
+    votes = torch.zeros(block, dtype=torch.int32, device=mask.device)
+    if mask.device.type == "cuda":
+        return (votes,) + _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes)
+    bins, counts = _C.hough_votes_block_cpu(list(shape), block, list(origin), list(spacing), _ptr(embeddings),
+                                            _ptr(mask), _ptr(votes), _threads())
+    return votes, torch.from_numpy(bins), torch.from_numpy(counts)
+
+
+def _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes):
+    """The block votes in torch operations (CUDA tensors): the same float64 quotient, rounded half
+    to even, as the CPU kernel; fills ``votes`` and returns the rest of the result."""
+    ndim = len(shape)
+    dev = embeddings.device
+    e = embeddings.reshape(ndim, -1).to(torch.float64)
+    usable = mask.reshape(-1).bool() & torch.isfinite(e).all(dim=0)
+    q = torch.round(e[:, usable] / torch.tensor(list(spacing), dtype=torch.float64, device=dev)[:, None])
+    size = torch.tensor(list(shape), dtype=torch.float64, device=dev)[:, None]
+    q = q[:, ((q >= 0) & (q <= size - 1)).all(dim=0)].to(torch.int64)
+    local = q - torch.tensor(list(origin), dtype=torch.int64, device=dev)[:, None]
+    block = torch.tensor(list(votes.shape), dtype=torch.int64, device=dev)[:, None]
+    inside = ((local >= 0) & (local < block)).all(dim=0)
+    flat_local = sum(local[a, inside] * st for a, st in enumerate(_row_major(votes.shape)))
+    if votes.numel():
+        votes.view(-1).add_(torch.bincount(flat_local.reshape(-1), minlength=votes.numel()).to(torch.int32))
+    flat = sum(q[a, ~inside] * st for a, st in enumerate(_row_major(shape)))
+    bins, counts = torch.unique(flat.reshape(-1), sorted=True, return_counts=True)
+    return bins, counts
+
+
+def _row_major(shape: Sequence[int]) -> list:
+    strides, acc = [], 1
+    for n in reversed(list(shape)):
+        strides.append(acc)
+        acc *= int(n)
+    return strides[::-1]
+
+
 def _score(votes: torch.Tensor, smooth_radius: int) -> torch.Tensor:
     """Box-smoothed votes (int64), or the votes themselves when there is no smoothing."""
     if smooth_radius == 0:
@@ -164,30 +205,61 @@ def assign_to_centres(
     origin: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     shape = list(mask.shape)
-    if centres.shape[0] >= 2**31 - 1:
-        raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
+    _check_centre_count(centres)
     if centres.shape[0] and origin is not None:
         negative = (centres < 0).any(dim=1)
         if bool(negative.any()):
             bad = centres[negative][0].tolist()
             raise ValueError(f"centres: with an origin, centres are pixel indices of the larger image (>= 0), got {bad}")
     elif centres.shape[0]:
-        upper = torch.tensor(shape, device=centres.device)
-        outside = ((centres < 0) | (centres >= upper)).any(dim=1)
-        if bool(outside.any()):
-            bad = centres[outside][0].tolist()
-            raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(shape)}, got {bad}")
+        _check_centres_inside(centres, shape)
     if centres.shape[0] == 0 or mask.numel() == 0:
         return torch.zeros(shape, dtype=torch.int32, device=mask.device)
-    labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
+    return assign_prepared(embeddings, mask, prepare_centres(centres, shape, spacing, origin), max_distance)
+
+
+def _check_centre_count(centres: torch.Tensor) -> None:
+    if centres.shape[0] >= 2**31 - 1:
+        raise ValueError(f"centres: at most {2**31 - 2} centres are supported, got {centres.shape[0]}")
+
+
+def _check_centres_inside(centres: torch.Tensor, shape: Sequence[int]) -> None:
+    upper = torch.tensor(list(shape), device=centres.device)
+    outside = ((centres < 0) | (centres >= upper)).any(dim=1)
+    if bool(outside.any()):
+        bad = centres[outside][0].tolist()
+        raise ValueError(f"centres: every centre must lie inside the image of shape {tuple(shape)}, got {bad}")
+
+
+class PreparedCentres:
+    """The centre grid and per-cell candidate lists of :func:`assign_to_centres` (CSR int32
+    tensors on the centres' device), built once and usable for any block whose embeddings are in
+    the same physical frame: the kernel only looks up positions, never the pixel grid."""
+
+    def __init__(self, centres, spacing, cells, cell, lo, cell_start, cell_items, tol, cand_start, cand_items):
+        self.centres, self.spacing = centres, list(spacing)
+        self.cells, self.cell, self.lo, self.tol = cells, cell, lo, tol
+        self.cell_start, self.cell_items = cell_start, cell_items
+        self.cand_start, self.cand_items = cand_start, cand_items
+
+    def to(self, device) -> "PreparedCentres":
+        t = {k: getattr(self, k).to(device) for k in ("centres", "cell_start", "cell_items", "cand_start", "cand_items")}
+        return PreparedCentres(t["centres"], self.spacing, self.cells, self.cell, self.lo, t["cell_start"],
+                               t["cell_items"], self.tol, t["cand_start"], t["cand_items"])
+
+
+def prepare_centres(centres: torch.Tensor, shape: Sequence[int], spacing: Sequence[float],
+                    origin: Optional[Sequence[int]] = None) -> PreparedCentres:
+    """Grid and candidate lists for ``centres`` (at least one) of an image of ``shape`` (or, with
+    ``origin``, of the block at ``origin`` of a larger image)."""
     cells, cell, lo, cell_start, cell_items, tol = _centre_grid(centres, shape, spacing, origin)
-    grid = (shape, list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, lo, tol)
-    max_d2 = math.inf if max_distance is None else float(max_distance) * float(max_distance)  # inf, not OverflowError
+    grid = (list(shape), list(spacing), _ptr(centres), _ptr(cell_start), _ptr(cell_items), cells, cell, lo, tol)
+    device = centres.device
     n_cells = math.prod(cells)
-    counts = torch.empty(n_cells, dtype=torch.int32, device=mask.device)
-    cand_start = torch.zeros(n_cells + 1, dtype=torch.int32, device=mask.device)
-    on_cuda = mask.device.type == "cuda"
-    launch = _cuda(mask) if on_cuda else (_threads(),)
+    counts = torch.empty(n_cells, dtype=torch.int32, device=device)
+    cand_start = torch.zeros(n_cells + 1, dtype=torch.int32, device=device)
+    on_cuda = device.type == "cuda"
+    launch = _cuda(centres) if on_cuda else (_threads(),)
     build = _C.cell_candidates_cuda if on_cuda else _C.cell_candidates_cpu
     build(*grid, _ptr(counts), 0, 0, *launch)
     ends = torch.cumsum(counts, 0, dtype=torch.int64)
@@ -195,10 +267,25 @@ def assign_to_centres(
     if total >= 2**31:
         raise ValueError(f"centres: too many nearest-centre candidates ({total}) for int32 indexing")
     cand_start[1:] = ends
-    cand_items = torch.empty(max(total, 1), dtype=torch.int32, device=mask.device)
+    cand_items = torch.empty(max(total, 1), dtype=torch.int32, device=device)
     build(*grid, 0, _ptr(cand_start), _ptr(cand_items), *launch)
+    return PreparedCentres(centres, spacing, cells, cell, lo, cell_start, cell_items, tol, cand_start, cand_items)
+
+
+def assign_prepared(embeddings: torch.Tensor, mask: torch.Tensor, prepared: PreparedCentres,
+                    max_distance: Optional[float]) -> torch.Tensor:
+    """Nearest-centre labels of ``embeddings`` (any block) over prepared centres."""
+    shape = list(mask.shape)
+    labels = torch.empty(shape, dtype=torch.int32, device=mask.device)  # the kernel writes every pixel
+    if mask.numel() == 0:
+        return labels
+    p = prepared
+    grid = (shape, p.spacing, _ptr(p.centres), _ptr(p.cell_start), _ptr(p.cell_items), p.cells, p.cell, p.lo, p.tol)
+    max_d2 = math.inf if max_distance is None else float(max_distance) * float(max_distance)  # inf, not OverflowError
+    on_cuda = mask.device.type == "cuda"
+    launch = _cuda(mask) if on_cuda else (_threads(),)
     assign = _C.assign_cuda if on_cuda else _C.assign_cpu
-    assign(*grid, _ptr(embeddings), _ptr(mask), _ptr(cand_start), _ptr(cand_items), max_d2, _ptr(labels), *launch)
+    assign(*grid, _ptr(embeddings), _ptr(mask), _ptr(p.cand_start), _ptr(p.cand_items), max_d2, _ptr(labels), *launch)
     return labels
 
 

@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from . import _library
+from . import _launch, _library
 from ._launch import CudaNotBuiltError
 
 __all__ = [
     "hough_votes",
+    "hough_votes_block",
+    "BlockVotes",
     "find_peaks",
     "assign_to_centres",
+    "CentreIndex",
     "label_opening",
     "embeddings_to_labels",
     "ssdc",
@@ -201,6 +204,59 @@ def hough_votes(embeddings: Array, mask: Array, spacing: Optional[Sequence[float
     return _out(_library.call("hough_votes", emb, mask, spacing), was_numpy)
 
 
+class BlockVotes(NamedTuple):
+    """Result of :func:`hough_votes_block`."""
+
+    votes: Array
+    """int32, the block's shape: the votes landing in the block."""
+    outside_bins: Array
+    """int64 ``(M,)``: row-major flat indices into the larger image of the other bins voted for, ascending."""
+    outside_counts: Array
+    """int64 ``(M,)``: the votes each of those bins received."""
+
+
+def hough_votes_block(embeddings: Array, mask: Array, spacing: Optional[Sequence[float]] = None,
+                      shape: Optional[Sequence[int]] = None, origin: Optional[Sequence[int]] = None) -> BlockVotes:
+    """:func:`hough_votes` of one block of a larger image, for chunked processing.
+
+    The arrays are the block whose first pixel is pixel ``origin`` (default 0) of an image of
+    ``shape`` (default: the block's own). Pixels vote exactly as in :func:`hough_votes` on the
+    whole image, for bins of the whole image: the votes landing in the block come back as a
+    dense histogram of the block, the others as sparse ``(outside_bins, outside_counts)``, so
+    summing every block's votes, each routed to its place, gives :func:`hough_votes` of the whole
+    image. On CUDA tensors this runs as torch operations (same float64 rounding), not a kernel.
+    """
+    emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
+    spacing = _check_spacing(spacing, ndim)
+    block = list(mask.shape)
+    origin = [0] * ndim if origin is None else _check_origin(origin, ndim)
+    if shape is None:
+        shape = [o + b for o, b in zip(origin, block)]
+    else:
+        shape = _check_image_shape(shape, ndim)
+        if any(o + b > n for o, b, n in zip(origin, block, shape)):
+            raise ValueError(f"origin: the block of shape {tuple(block)} at {tuple(origin)} does not fit in the "
+                             f"image of shape {tuple(shape)}")
+    if any(n >= 2**31 for n in shape):
+        raise ValueError(f"shape: expected axes shorter than 2**31 pixels, got {tuple(shape)}")
+    votes, bins, counts = _launch.hough_votes_block(emb, mask, spacing, shape, origin)
+    return BlockVotes(_out(votes, was_numpy), _out(bins, was_numpy), _out(counts, was_numpy))
+
+
+def _check_image_shape(shape, ndim: int) -> list:
+    """``shape``: ``ndim`` positive Python ints (a sequence or a 1-D integer array)."""
+    if isinstance(shape, (torch.Tensor, np.ndarray)):
+        shape = shape.tolist()
+    try:
+        values = list(shape)
+    except TypeError:
+        raise TypeError(f"shape: expected a sequence of {ndim} positive ints, got {_describe(shape)}") from None
+    if len(values) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                                      for v in values):
+        raise ValueError(f"shape: expected {ndim} positive ints, got {shape!r}")
+    return [int(v) for v in values]
+
+
 def _check_votes(votes) -> tuple[torch.Tensor, bool]:
     votes, was_numpy = _as_tensor(votes, "votes")
     if votes.dtype not in _INTEGER_DTYPES:
@@ -254,10 +310,86 @@ def _check_max_distance(max_distance) -> Optional[float]:
     return _check_number(max_distance, "max_distance", minimum=0.0, strict=False, allow_inf=True)
 
 
+class CentreIndex:
+    """Centres of one image prepared once for :func:`assign_to_centres` on many blocks of it.
+
+    ``centres`` are int ``(K, ndim)`` pixel indices inside an image of ``shape`` with pixel size
+    ``spacing``. Building the index does the per-call set-up of :func:`assign_to_centres` (the
+    centre grid over the image and each cell's candidate centres) once; passing the index as
+    ``centres`` then labels any block of the image (``embeddings`` in the image's physical frame)
+    exactly as the whole-image call labels those pixels, with the same ``k + 1`` labels. The
+    index lives on the centres' device; :meth:`to` moves it.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from rdcnet_ext import ops
+        >>> index = ops.CentreIndex(np.array([[10, 10], [10, 50]]), shape=(64, 64))
+        >>> emb = np.full((2, 8, 8), 10.0, np.float32); emb[1] = 45.0   # a block pointing near (10, 45)
+        >>> np.unique(ops.assign_to_centres(emb, np.ones((8, 8), bool), index)).tolist()
+        [2]
+    """
+
+    def __init__(self, centres: Array, shape: Sequence[int], spacing: Optional[Sequence[float]] = None):
+        t, _ = _as_tensor(centres, "centres")
+        if t.dim() != 2 or t.shape[1] not in (2, 3):
+            raise ValueError(f"centres: expected shape (K, 2) or (K, 3), got {_describe(t)}")
+        ndim = int(t.shape[1])
+        self.shape = tuple(_check_image_shape(shape, ndim))
+        t = _check_centres(t, ndim, t.device)
+        self.spacing = tuple(_check_spacing(spacing, ndim))
+        _launch._check_centre_count(t)
+        if t.shape[0]:
+            _launch._check_centres_inside(t, self.shape)
+        self.centres = t
+        self._prepared = _launch.prepare_centres(t, self.shape, self.spacing) if t.shape[0] else None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.centres.device
+
+    def __len__(self) -> int:
+        return int(self.centres.shape[0])
+
+    def __repr__(self) -> str:
+        return f"CentreIndex({len(self)} centres, shape={self.shape}, spacing={self.spacing}, device={self.device})"
+
+    def to(self, device) -> "CentreIndex":
+        """The same index on ``device``."""
+        out = CentreIndex.__new__(CentreIndex)
+        out.shape, out.spacing, out.centres = self.shape, self.spacing, self.centres.to(device)
+        out._prepared = None if self._prepared is None else self._prepared.to(device)
+        return out
+
+
+def _assign_with_index(emb, mask, index: CentreIndex, spacing, max_distance, origin):
+    ndim = emb.shape[0]
+    if index.ndim != ndim:
+        raise ValueError(f"centres: a CentreIndex of a {index.ndim}D image, but the embeddings are {ndim}D")
+    if spacing is not None and tuple(_check_spacing(spacing, ndim)) != index.spacing:
+        raise ValueError(f"spacing: the CentreIndex was built with spacing {index.spacing}, got {spacing!r} "
+                         "(leave spacing out to use the index's)")
+    if index.device != emb.device:
+        raise ValueError(f"centres: the CentreIndex is on {index.device} but the embeddings are on {emb.device} "
+                         "(move it with index.to(device))")
+    if origin is not None:
+        origin = _check_origin(origin, ndim)
+        if any(o + n > m for o, n, m in zip(origin, mask.shape, index.shape)):
+            raise ValueError(f"origin: the block of shape {tuple(mask.shape)} at {tuple(origin)} does not fit in the "
+                             f"CentreIndex's image of shape {index.shape}")
+    if index._prepared is None:
+        return torch.zeros(mask.shape, dtype=torch.int32, device=mask.device)
+    return _launch.assign_prepared(emb, mask, index._prepared, max_distance)
+
+
 def assign_to_centres(
     embeddings: Array,
     mask: Array,
-    centres: Array,
+    centres: Union[Array, CentreIndex],
     spacing: Optional[Sequence[float]] = None,
     max_distance: Optional[float] = None,
     origin: Optional[Sequence[int]] = None,
@@ -273,11 +405,16 @@ def assign_to_centres(
     the block or not; the result is the whole-image result restricted to the block. (A pixel's
     label depends only on its own embedding, which is in the larger image's physical frame: the
     origin only places the kernel's search grid, and lifts the inside-the-image requirement.)
+
+    ``centres`` may also be a :class:`CentreIndex` of the larger image, built once for all its
+    blocks (then ``spacing`` defaults to the index's, and ``origin`` is optional and only checked).
     """
     emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
+    max_distance = _check_max_distance(max_distance)
+    if isinstance(centres, CentreIndex):
+        return _out(_assign_with_index(emb, mask, centres, spacing, max_distance, origin), was_numpy)
     centres = _check_centres(centres, ndim, emb.device)
     spacing = _check_spacing(spacing, ndim)
-    max_distance = _check_max_distance(max_distance)
     if origin is None:
         return _out(_library.call("assign_to_centres", emb, mask, centres, spacing, max_distance), was_numpy)
     origin = _check_origin(origin, ndim)

@@ -21,6 +21,7 @@ from ._geometry import box_radius, ellipsoid_offsets, peak_window
 
 __all__ = [
     "hough_votes",
+    "hough_votes_block",
     "find_peaks",
     "assign_to_centres",
     "label_opening",
@@ -42,16 +43,10 @@ def _row_major_strides(shape: Sequence[int]) -> list[int]:
     return strides[::-1]
 
 
-def hough_votes(
-    embeddings: torch.Tensor, mask: torch.Tensor, spacing: Optional[Sequence[float]] = None
-) -> torch.Tensor:
-    """Vote histogram, int32 of the image's shape.
-
-    Each pixel with ``mask`` true votes for the bin ``round(e_a / spacing_a)`` (float64, round half
-    to even); bins outside the image and non-finite embeddings cast no vote.
-    """
+def _vote_bins(embeddings: torch.Tensor, mask: torch.Tensor, spacing, shape: Sequence[int]) -> torch.Tensor:
+    """Flat row-major bins (int64) in an image of ``shape`` of the pixels that vote: masked, with
+    finite embeddings whose bin ``round(e_a / spacing_a)`` (float64, half to even) is in the image."""
     ndim = embeddings.shape[0]
-    shape = embeddings.shape[1:]
     s = _spacing(spacing, ndim, embeddings.device)
     emb = embeddings.reshape(ndim, -1).to(torch.float64)
     bins = torch.round(emb / s[:, None])
@@ -62,8 +57,47 @@ def hough_votes(
     flat = torch.zeros_like(bins[0])
     for a, stride in enumerate(_row_major_strides(shape)):
         flat += bins[a] * stride
-    votes = torch.bincount(flat[valid], minlength=max(int(flat.numel()), 1))[: flat.numel()]
+    return flat[valid]
+
+
+def hough_votes(
+    embeddings: torch.Tensor, mask: torch.Tensor, spacing: Optional[Sequence[float]] = None
+) -> torch.Tensor:
+    """Vote histogram, int32 of the image's shape.
+
+    Each pixel with ``mask`` true votes for the bin ``round(e_a / spacing_a)`` (float64, round half
+    to even); bins outside the image and non-finite embeddings cast no vote.
+    """
+    shape = embeddings.shape[1:]
+    n = int(mask.numel())
+    votes = torch.bincount(_vote_bins(embeddings, mask, spacing, shape), minlength=max(n, 1))[:n]
     return votes.to(torch.int32).reshape(shape)
+
+
+def hough_votes_block(
+    embeddings: torch.Tensor,
+    mask: torch.Tensor,
+    spacing: Optional[Sequence[float]] = None,
+    shape: Optional[Sequence[int]] = None,
+    origin: Optional[Sequence[int]] = None,
+):
+    """Votes of the block at pixel ``origin`` of an image of ``shape``: the whole image's vote
+    histogram of this block's pixels, cut into the block's part (dense) and the rest (nonzero
+    bins, flat row-major, ascending, with their counts). Returns ``(votes, outside_bins,
+    outside_counts)``."""
+    ndim = embeddings.shape[0]
+    block = tuple(embeddings.shape[1:])
+    origin = [0] * ndim if origin is None else [int(o) for o in origin]
+    shape = [o + b for o, b in zip(origin, block)] if shape is None else [int(n) for n in shape]
+    size = 1
+    for n in shape:
+        size *= n
+    whole = torch.bincount(_vote_bins(embeddings, mask, spacing, shape), minlength=size).reshape(shape)
+    region = tuple(slice(o, o + b) for o, b in zip(origin, block))
+    votes = whole[region].to(torch.int32).clone()
+    whole[region] = 0
+    outside = torch.nonzero(whole.reshape(-1)).reshape(-1)
+    return votes, outside, whole.reshape(-1)[outside]
 
 
 def _shifted(x: torch.Tensor, offset: Sequence[int], fill) -> torch.Tensor:

@@ -128,6 +128,36 @@ def test_assign_block_with_origin(image, spacing, block, k, max_distance, rng):
     assert_equal(got.cpu(), ops.assign_to_centres(emb, mask, centres, spacing, max_distance, origin=origin), "cpu")
 
 
+@pytest.mark.parametrize("image,spacing,block", [((40, 33), (1.0, 0.4), (13, 11)), ((12, 30, 26), ANISO_3D, (5, 9, 8))])
+def test_hough_votes_block(image, spacing, block, rng):
+    """A block's votes on CUDA (torch operations): equal to the reference and to the CPU kernel."""
+    origin = [int(rng.integers(0, n - b + 1)) for n, b in zip(image, block)]
+    region = tuple(slice(o, o + b) for o, b in zip(origin, block))
+    emb = random_embeddings(image, spacing, rng)[(slice(None),) + region].contiguous()
+    mask = random_mask(block, rng, 0.8)
+    got = ops.hough_votes_block(cuda(emb), cuda(mask), spacing, image, origin)
+    assert got.votes.is_cuda and got.outside_bins.is_cuda
+    expected = ref.hough_votes_block(emb, mask, spacing_list(spacing, len(image)), image, origin)
+    for g, e, what in zip(got, expected, ("votes", "outside bins", "outside counts")):
+        assert_equal(g, e, what)
+
+
+@pytest.mark.parametrize("shape,spacing", [((40, 33), (1.0, 0.4)), ((12, 30, 26), ANISO_3D)])
+@pytest.mark.parametrize("k", [1, 120])
+def test_centre_index_on_cuda(shape, spacing, k, rng):
+    """A CentreIndex built on CUDA (and one moved there) labels blocks as the CPU op does."""
+    emb, mask = random_embeddings(shape, spacing, rng), random_mask(shape, rng, 0.9)
+    centres = random_centres(shape, k, rng, duplicates=True)
+    whole = ops.assign_to_centres(emb, mask, centres, spacing)
+    region = tuple(slice(n // 3, n) for n in shape)
+    for index in (ops.CentreIndex(cuda(centres), shape, spacing), ops.CentreIndex(centres, shape, spacing).to("cuda")):
+        got = ops.assign_to_centres(cuda(emb[(slice(None),) + region].contiguous()), cuda(mask[region].contiguous()),
+                                    index)
+        assert_equal(got.cpu(), whole[region], "labels")
+    with pytest.raises(ValueError, match="CentreIndex is on cpu"):
+        ops.assign_to_centres(cuda(emb), cuda(mask), ops.CentreIndex(centres, shape, spacing))
+
+
 @geometries
 @pytest.mark.parametrize("radius", [0.7, 1.5, 2.9])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64], ids=str)

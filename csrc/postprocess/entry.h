@@ -34,6 +34,14 @@ Shape<NDIM> make_shape(const int64_t* shape) {
 // ---- CPU ---------------------------------------------------------------------------------------
 void hough_votes_cpu(int ndim, const int64_t* shape, const double* spacing, const float* emb,
                      const uint8_t* mask, int32_t* votes, int threads);
+// Result of hough_votes_block_cpu: the votes leaving the block, as ascending global flat bins
+// with their counts.
+struct BlockVotes {
+  std::vector<int64_t> bins, counts;
+};
+BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, const int64_t* block_shape,
+                                 const int64_t* origin, const double* spacing, const float* emb,
+                                 const uint8_t* mask, int32_t* votes, int threads);
 // score_is_int64: `in` is int64, else int32. Writes the box sum (int64) to out; tmp is scratch.
 void box_sum_cpu(int ndim, const int64_t* shape, int64_t radius, const void* in, bool in_is_int64,
                  int64_t* out, int64_t* tmp, int threads);

@@ -3,15 +3,16 @@
 RDCNet's embeddings are global physical coordinates and Hough votes are additive, so the four
 steps of :func:`rdcnet_ext.ops.embeddings_to_labels` split over chunks without any stitching:
 
-1. votes: every chunk bins its own embeddings; votes landing in another chunk are sent there
-   and summed (sparse per (source, destination) pair), giving the global vote histogram;
+1. votes: every chunk bins its own embeddings (:func:`rdcnet_ext.ops.hough_votes_block`); a
+   first pass collects the votes landing in other chunks (sparse: bin and count) and routes them
+   to their chunk, whose task adds them to its own votes, giving the global vote histogram;
 2. peaks: :func:`rdcnet_ext.ops.find_peaks` on each chunk grown by a halo of one peak window
    plus the smoothing box, keeping the peaks of the chunk proper (the halo makes the window and
    the box sums exact; row-major tie breaking is unchanged by a shift of origin);
-3. one global, row-major ordered centre list; each chunk is assigned with
-   :func:`rdcnet_ext.ops.assign_to_centres` given the chunk's ``origin`` (centres may lie outside
-   the chunk), over the centres that can be nearest to one of its embeddings (a conservative
-   bound, keeping the global order, so ties to the lowest index are kept);
+3. one global, row-major ordered centre list, prepared once as a
+   :class:`rdcnet_ext.ops.CentreIndex` of the whole image (the nearest-centre search grid and
+   each cell's candidates: memory in proportion to the centres, not the pixels); each chunk is
+   assigned with :func:`rdcnet_ext.ops.assign_to_centres` over that index;
 4. :func:`rdcnet_ext.ops.label_opening` on each chunk grown by two ball radii (a pixel's fate
    depends on labels up to two radii away); where the grown chunk meets the image border the
    op's "outside counts as the same label" rule applies, as on the whole image.
@@ -142,90 +143,77 @@ def _from_blocks(tasks: dict, chunks, dtype):
 # ---- step 1: the global vote histogram ---------------------------------------------------------
 
 
-def _bins(emb: np.ndarray, mask: np.ndarray, spacing, shape) -> np.ndarray:
-    """Global bins (ndim, n) int64 of the chunk's votes, as hough_votes defines them: the float64
-    quotient e / spacing rounded half to even; masked, finite, inside the image only."""
-    ndim = emb.shape[0]
-    e = emb.reshape(ndim, -1)[:, mask.reshape(-1)].astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        q = np.rint(e / np.asarray(spacing, np.float64)[:, None])
-    ok = np.all(np.isfinite(q), axis=0)
-    for a in range(ndim):
-        ok &= (q[a] >= 0) & (q[a] <= shape[a] - 1)
-    return q[:, ok].astype(np.int64)
+def _outgoing_votes(emb, mask, spacing, shape, origin):
+    """(global bins, counts) of the votes of one chunk that land in other chunks
+    (:func:`rdcnet_ext.ops.hough_votes_block`)."""
+    r = ops.hough_votes_block(emb, mask, spacing, shape, origin)
+    return r.outside_bins, r.outside_counts
 
 
-def _dest_ids(bins: np.ndarray, bounds) -> np.ndarray:
-    """Row-major flat block index of each bin's chunk."""
-    ids = np.zeros(bins.shape[1], np.int64)
-    for a, b in enumerate(bounds):
-        ids = ids * (len(b) - 1) + (np.searchsorted(b, bins[a], side="right") - 1)
-    return ids
+def _route(outgoing, chunks, shape) -> dict:
+    """{block index: (flat indices within the chunk, counts)} of the votes every chunk sends to
+    another: the global bins each chunk returned, unravelled and grouped by destination chunk."""
+    bins = np.concatenate([o[0] for o in outgoing]) if outgoing else np.zeros(0, np.int64)
+    counts = np.concatenate([o[1] for o in outgoing]) if outgoing else np.zeros(0, np.int64)
+    if bins.size == 0:
+        return {}
+    coords = np.unravel_index(bins, shape)
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
+    block = [np.searchsorted(b, c, side="right") - 1 for b, c in zip(bounds, coords)]
+    dest = np.ravel_multi_index(block, [len(c) for c in chunks])
+    order = np.argsort(dest, kind="stable")
+    dest = dest[order]
+    starts = np.flatnonzero(np.r_[True, dest[1:] != dest[:-1]])
+    ends = np.r_[starts[1:], dest.size]
+    routed = {}
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        idx = np.unravel_index(int(dest[s]), [len(c) for c in chunks])
+        sel = order[s:e]
+        local = tuple(c[sel] - bounds[a][i] for a, (c, i) in enumerate(zip(coords, idx)))
+        size = [int(chunks[a][i]) for a, i in enumerate(idx)]
+        flat, where = np.unique(np.ravel_multi_index(local, size), return_inverse=True)
+        routed[tuple(int(i) for i in idx)] = (flat, np.bincount(where, weights=counts[sel]).astype(np.int64))
+    return routed
 
 
-def _vote_destinations(emb, mask, spacing, shape, bounds) -> np.ndarray:
-    return np.unique(_dest_ids(_bins(emb, mask, spacing, shape), bounds))
-
-
-def _sparse_votes(emb, mask, spacing, shape, bounds) -> dict:
-    """{destination block id: (flat index within that chunk, count)} of this chunk's votes."""
-    bins = _bins(emb, mask, spacing, shape)
-    ids = _dest_ids(bins, bounds)
-    order = np.argsort(ids, kind="stable")
-    bins, ids = bins[:, order], ids[order]
-    out = {}
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if ids.size else []
-    ends = list(starts[1:]) + [ids.size]
-    nblocks = [len(b) - 1 for b in bounds]
-    for s, e in zip(starts, ends):
-        block = np.unravel_index(int(ids[s]), nblocks)
-        lo = [int(bounds[a][block[a]]) for a in range(len(bounds))]
-        size = [int(bounds[a][block[a] + 1]) - lo[a] for a in range(len(bounds))]
-        local = np.ravel_multi_index(tuple(bins[a, s:e] - lo[a] for a in range(len(bounds))), size)
-        out[int(ids[s])] = np.unique(local, return_counts=True)
-    return out
-
-
-def _part(parts: dict, dest: int):
-    return parts[dest]
-
-
-def _dense_votes(size, *parts) -> np.ndarray:
-    votes = np.zeros(int(np.prod(size)), np.int64)
-    for part in parts:
-        idx, counts = part
-        votes[idx] += counts
-    return votes.astype(np.int32).reshape(size)
+def _chunk_votes(emb, mask, spacing, shape, origin, incoming) -> np.ndarray:
+    """The global histogram on one chunk: its own votes landing in it plus those routed to it."""
+    votes = ops.hough_votes_block(emb, mask, spacing, shape, origin).votes
+    if incoming is not None:
+        flat, counts = incoming  # distinct indices
+        view = votes.reshape(-1)
+        total = view[flat].astype(np.int64) + counts
+        if total.max(initial=0) > np.iinfo(np.int32).max:
+            raise OverflowError("hough votes: a bin received more than 2**31 - 1 votes")
+        view[flat] = total
+    return votes
 
 
 def _vote_tasks(embeddings, mask, spacing) -> dict:
-    """Delayed vote histogram chunks (block index -> delayed int32 array)."""
-    dask, da = _dask()
+    """Delayed vote histogram chunks (block index -> delayed int32 array). Computes now, in one
+    pass over the chunks, the votes that leave each chunk, and routes them to their chunks; each
+    chunk's task then bins its own pixels again and adds what it was sent (the dense votes of
+    every chunk are never all in memory at once)."""
+    dask, _ = _dask()
     shape = tuple(mask.shape)
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in mask.chunks]
-    blocks = list(_blocks(mask.chunks))
     emb_blocks = embeddings.to_delayed().reshape(-1)
     mask_blocks = mask.to_delayed().reshape(-1)
-    dests = dask.compute(*[dask.delayed(_vote_destinations)(e, m, spacing, shape, bounds)
-                           for e, m in zip(emb_blocks, mask_blocks)])
-    sparse = [dask.delayed(_sparse_votes)(e, m, spacing, shape, bounds) for e, m in zip(emb_blocks, mask_blocks)]
-    sources = {}
-    for src, ds in enumerate(dests):
-        for d in ds.tolist():
-            sources.setdefault(d, []).append(src)
-    getitem = dask.delayed(_part, pure=True)
+    cores = [core for _, core in _blocks(mask.chunks)]
+    outgoing = dask.compute(*[dask.delayed(_outgoing_votes, pure=True)(e, m, spacing, shape, [sl.start for sl in core])
+                              for core, e, m in zip(cores, emb_blocks, mask_blocks)])
+    routed = _route(list(outgoing), mask.chunks, shape)
     tasks = {}
-    for flat, (idx, sl) in enumerate(blocks):
-        size = tuple(s.stop - s.start for s in sl)
-        parts = [getitem(sparse[src], flat) for src in sources.get(flat, [])]
-        tasks[idx] = dask.delayed(_dense_votes, pure=True)(size, *parts)
+    for (idx, core), e, m in zip(_blocks(mask.chunks), emb_blocks, mask_blocks):
+        tasks[idx] = dask.delayed(_chunk_votes, pure=True)(e, m, spacing, shape, [sl.start for sl in core],
+                                                          routed.get(idx))
     return tasks
 
 
 def vote_histogram(embeddings, mask, spacing=None, chunks=None):
     """The global Hough vote histogram (:func:`rdcnet_ext.ops.hough_votes`) as a lazy dask array
-    chunked like ``mask``. Runs one light pass over the embeddings now (where each chunk's votes
-    land) so that the graph links each chunk only to the chunks it votes into."""
+    chunked like ``mask``. Runs one pass over the embeddings now (the votes that leave each chunk,
+    kept in memory: one (bin, count) pair per distinct bin), so that each chunk's task needs only
+    its own pixels and what was routed to it."""
     embeddings, mask, ndim = _as_inputs(embeddings, mask, chunks)
     return _from_blocks(_vote_tasks(embeddings, mask, _spacing(spacing, ndim)), mask.chunks, np.int32)
 
@@ -246,11 +234,20 @@ def find_centres(embeddings, mask, min_distance: float, spacing=None, min_votes:
                  smooth_radius: int = 0, chunks=None) -> np.ndarray:
     """The centres :func:`rdcnet_ext.ops.find_peaks` finds on the global vote histogram, int64
     ``(K, ndim)`` in row-major order, computed chunk by chunk (computes now)."""
-    dask, da = _dask()
     embeddings, mask, ndim = _as_inputs(embeddings, mask, chunks)
     spacing = _spacing(spacing, ndim)
-    # Validate the scalars the way the op does, before any work.
+    return _find_centres(embeddings, mask, min_distance, spacing, min_votes, smooth_radius)
+
+
+def _check_peak_options(ndim, min_distance, min_votes, spacing, smooth_radius) -> None:
+    """Validates the scalars the way the op does, before any work."""
     ops.find_peaks(np.zeros((1,) * ndim, np.int32), min_distance, min_votes, spacing, smooth_radius)
+
+
+def _find_centres(embeddings, mask, min_distance, spacing, min_votes, smooth_radius) -> np.ndarray:
+    dask, _ = _dask()
+    ndim = mask.ndim
+    _check_peak_options(ndim, min_distance, min_votes, spacing, smooth_radius)
     votes = _vote_tasks(embeddings, mask, spacing)
     window = peak_window(min_distance, spacing)
     halo = [w + int(smooth_radius) for w in window]
@@ -271,45 +268,9 @@ def find_centres(embeddings, mask, min_distance: float, spacing=None, min_votes:
 
 # ---- step 3: assignment -----------------------------------------------------------------------
 
-# Relative slack on the distance bounds: the op sums float64 squares in another order than the
-# bounds here, so centres are kept unless they are farther by more than rounding can explain.
-_SLACK = 1e-9
-
-
-def _chunk_candidates(lo: np.ndarray, hi: np.ndarray, positions: np.ndarray,
-                      max_distance: Optional[float]) -> np.ndarray:
-    """Ascending indices of the centres that can be nearest (or tied) to some point of the box
-    [lo, hi], or within ``max_distance`` of one: every point of the box has a centre within U =
-    the smallest farthest-corner distance of any centre, so a centre farther than U (or
-    ``max_distance``) from the whole box never wins there, and dropping it changes no label."""
-    far = np.maximum(np.abs(positions - lo), np.abs(positions - hi))
-    bound = float(np.sqrt(np.min(np.sum(far * far, axis=1))))
-    if max_distance is not None:
-        bound = min(bound, max_distance)
-    gap = np.maximum(np.maximum(lo - positions, positions - hi), 0.0)
-    near = np.sqrt(np.sum(gap * gap, axis=1))
-    return np.flatnonzero(near <= bound * (1 + _SLACK) + _SLACK)
-
-
-def _assign_chunk(emb, mask, centres: np.ndarray, spacing, max_distance, origin) -> np.ndarray:
-    """Nearest-centre labels of the chunk at pixel ``origin``: :func:`rdcnet_ext.ops.assign_to_centres`
-    with the chunk's origin over the global centres that can win in it (a subset in the global
-    order, so ties still go to the lowest index), relabelled to global indices."""
-    none = np.zeros(mask.shape, np.int32)
-    if len(centres) == 0 or not mask.any():
-        return none
-    # Box of the masked embeddings, without copying them: fmin/fmax skip NaNs; an infinite
-    # coordinate only widens the box (more centres kept, same labels).
-    lo = np.array([np.fmin.reduce(emb[a], axis=None, where=mask, initial=np.inf) for a in range(len(emb))], np.float64)
-    hi = np.array([np.fmax.reduce(emb[a], axis=None, where=mask, initial=-np.inf) for a in range(len(emb))], np.float64)
-    if not np.all(lo <= hi):  # an axis with no number: every masked pixel has a NaN there
-        return none
-    keep = _chunk_candidates(lo, hi, centres * np.asarray(spacing, np.float64), max_distance)
-    local = ops.assign_to_centres(emb, mask, centres[keep], spacing, max_distance, origin=origin)
-    if len(keep) == len(centres):
-        return local
-    ids = np.concatenate([[0], keep + 1]).astype(np.int32)  # local label j -> global label
-    return ids[local]
+def _assign_chunk(emb, mask, index, max_distance) -> np.ndarray:
+    """Nearest-centre labels of one chunk over the image's prepared centres (global labels)."""
+    return ops.assign_to_centres(emb, mask, index, max_distance=max_distance)
 
 
 def _open_chunk(labels, core, region, radius, spacing) -> np.ndarray:
@@ -331,26 +292,37 @@ def assign_labels(embeddings, mask, centres, spacing=None, max_distance: Optiona
     """Labels (lazy int32 dask array chunked like ``mask``): the nearest of ``centres`` per masked
     pixel (:func:`rdcnet_ext.ops.assign_to_centres`), then, if ``opening_radius``, the
     label-wise opening (:func:`rdcnet_ext.ops.label_opening`) chunk by chunk with its halo."""
-    dask, da = _dask()
     embeddings, mask, ndim = _as_inputs(embeddings, mask, chunks)
-    spacing = _spacing(spacing, ndim)
-    centres = np.asarray(centres, np.int64).reshape(-1, ndim)
+    return _assign_labels(embeddings, mask, centres, _spacing(spacing, ndim), max_distance, opening_radius)
+
+
+def _check_assign_options(max_distance, opening_radius):
     if max_distance is not None:
         max_distance = float(max_distance)
         if not max_distance >= 0:
             raise ValueError(f"max_distance: expected a number >= 0 or None, got {max_distance}")
-    shared = dask.delayed(centres, pure=True)
+    if opening_radius is not None:
+        opening_radius = float(opening_radius)
+        if not (math.isfinite(opening_radius) and opening_radius > 0):
+            raise ValueError(f"opening_radius: expected a finite number > 0 or None, got {opening_radius}")
+    return max_distance, opening_radius
+
+
+def _assign_labels(embeddings, mask, centres, spacing, max_distance, opening_radius):
+    dask, _ = _dask()
+    ndim = mask.ndim
+    centres = np.asarray(centres, np.int64).reshape(-1, ndim)
+    max_distance, opening_radius = _check_assign_options(max_distance, opening_radius)
+    # The centre grid and candidate lists are built once for the whole image and shared by all
+    # chunks (their size grows with the number of centres, not of pixels).
+    index = dask.delayed(ops.CentreIndex(centres, mask.shape, spacing), pure=True, traverse=False)
     emb_blocks = embeddings.to_delayed().reshape(-1)
     mask_blocks = mask.to_delayed().reshape(-1)
     tasks = {}
     for (idx, core), e, m in zip(_blocks(mask.chunks), emb_blocks, mask_blocks):
-        origin = [sl.start for sl in core]
-        tasks[idx] = dask.delayed(_assign_chunk, pure=True)(e, m, shared, spacing, max_distance, origin)
+        tasks[idx] = dask.delayed(_assign_chunk, pure=True)(e, m, index, max_distance)
     if opening_radius is None:
         return _from_blocks(tasks, mask.chunks, np.int32)
-    opening_radius = float(opening_radius)
-    if not (math.isfinite(opening_radius) and opening_radius > 0):
-        raise ValueError(f"opening_radius: expected a finite number > 0 or None, got {opening_radius}")
     halo = _opening_halo(opening_radius, spacing)
     shape = tuple(mask.shape)
     opened = {}
@@ -378,8 +350,10 @@ def embeddings_to_labels(embeddings, mask, min_distance: float, spacing=None, mi
     """
     embeddings, mask, ndim = _as_inputs(embeddings, mask, chunks)
     spacing = _spacing(spacing, ndim)
-    centres = find_centres(embeddings, mask, min_distance, spacing, min_votes, smooth_radius)
-    labels = assign_labels(embeddings, mask, centres, spacing, max_distance, opening_radius)
+    _check_peak_options(ndim, min_distance, min_votes, spacing, smooth_radius)
+    _check_assign_options(max_distance, opening_radius)
+    centres = _find_centres(embeddings, mask, min_distance, spacing, min_votes, smooth_radius)
+    labels = _assign_labels(embeddings, mask, centres, spacing, max_distance, opening_radius)
     return labels, centres
 
 
