@@ -6,12 +6,14 @@ zarr volume on disk.
   scheduler), with the peak resident memory each adds above what was resident before the call
   (``extra_info["peak_rss_mb"]``, sampled every 5 ms) and a check that the labels are equal.
 - ``large-zarr``: the chunked path on a volume of embeddings stored as zarr on disk (the 3D case
-  tiled ``RDCNET_BENCH_LARGE_TILES`` times along y and x with global coordinates, default 2x2),
+  tiled ``RDCNET_BENCH_LARGE_TILES`` times along y and x and ``RDCNET_BENCH_LARGE_TILES_Z`` times
+  along z with global coordinates, default 1 x 2 x 2; 4 x 4 x 4 is 256 x 2048 x 2048, 1.07 Gvoxel),
   labels written back to zarr; ``extra_info["mvoxel_per_s"]``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -31,7 +33,8 @@ from rdcnet import large  # noqa: E402
 from rdcnet_ext import ops  # noqa: E402
 
 CHUNKS = {"2d": (1024, 1024), "3d": (32, 256, 256)}
-TILES = int(os.environ.get("RDCNET_BENCH_LARGE_TILES", "2"))
+TILES = int(os.environ.get("RDCNET_BENCH_LARGE_TILES", "2"))  # along y and x
+TILES_Z = int(os.environ.get("RDCNET_BENCH_LARGE_TILES_Z", "1"))  # 4 with TILES=4: 256 x 2048 x 2048
 
 
 class PeakRSS:
@@ -92,7 +95,7 @@ def test_chunked_zarr_throughput(benchmark):
     p = prepare("3d")
     case = p.case
     emb, mask = p.field.embeddings, p.field.mask
-    shape = (case.shape[0], case.shape[1] * TILES, case.shape[2] * TILES)
+    shape = (case.shape[0] * TILES_Z, case.shape[1] * TILES, case.shape[2] * TILES)
     work = tempfile.mkdtemp(prefix="rdcnet-bench-", dir=os.environ.get("RDCNET_BENCH_TMP"))
     try:
         z_emb = zarr.open_array(f"{work}/emb.zarr", mode="w", shape=(3,) + shape, chunks=(3,) + CHUNKS["3d"],
@@ -100,13 +103,12 @@ def test_chunked_zarr_throughput(benchmark):
         z_mask = zarr.open_array(f"{work}/mask.zarr", mode="w", shape=shape, chunks=CHUNKS["3d"], dtype=bool,
                                  zarr_format=3)
         sp = np.asarray(case.spacing, np.float32).reshape(3, 1, 1, 1)
-        for ty in range(TILES):
-            for tx in range(TILES):
-                off = np.array([0, ty * case.shape[1], tx * case.shape[2]], np.float32).reshape(3, 1, 1, 1)
-                ys, xs = slice(ty * case.shape[1], (ty + 1) * case.shape[1]), slice(tx * case.shape[2],
-                                                                                  (tx + 1) * case.shape[2])
-                z_emb[:, :, ys, xs] = emb + off * sp  # the same objects, at their global place
-                z_mask[:, ys, xs] = mask
+        for tz, ty, tx in itertools.product(range(TILES_Z), range(TILES), range(TILES)):
+            tile = (tz, ty, tx)
+            off = np.array([t * n for t, n in zip(tile, case.shape)], np.float32).reshape(3, 1, 1, 1)
+            where = tuple(slice(t * n, (t + 1) * n) for t, n in zip(tile, case.shape))
+            z_emb[(slice(None),) + where] = emb + off * sp  # the same objects, at their global place
+            z_mask[where] = mask
         e, m = da.from_zarr(z_emb), da.from_zarr(z_mask)
         params = _params(case)
 

@@ -80,18 +80,18 @@ PYBIND11_MODULE(_C, m) {
     rdc::hough_votes_cpu(int(shape.size()), shape.data(), spacing.data(), ptr<const float>(emb),
                          ptr<const uint8_t>(mask), ptr<int32_t>(votes), threads);
   }, release);
-  m.def("hough_votes_block_cpu", [](std::vector<int64_t> image_shape, std::vector<int64_t> block_shape,
+  m.def("hough_votes_block_cpu", [](std::vector<int64_t> image_shape, int64_t pixels, std::vector<int64_t> box_shape,
                                     std::vector<int64_t> origin, std::vector<double> spacing, uintptr_t emb,
                                     uintptr_t mask, uintptr_t votes, int threads) {
     check_ndim(image_shape, "hough_votes_block");
-    if (block_shape.size() != image_shape.size() || origin.size() != image_shape.size() ||
+    if (box_shape.size() != image_shape.size() || origin.size() != image_shape.size() ||
         spacing.size() != image_shape.size())
-      throw std::invalid_argument("hough_votes_block: block_shape, origin and spacing must have ndim entries");
+      throw std::invalid_argument("hough_votes_block: box_shape, origin and spacing must have ndim entries");
     rdc::BlockVotes r;
     {
       py::gil_scoped_release nogil;
-      r = rdc::hough_votes_block_cpu(int(image_shape.size()), image_shape.data(), block_shape.data(), origin.data(),
-                                     spacing.data(), ptr<const float>(emb), ptr<const uint8_t>(mask),
+      r = rdc::hough_votes_block_cpu(int(image_shape.size()), image_shape.data(), pixels, box_shape.data(),
+                                     origin.data(), spacing.data(), ptr<const float>(emb), ptr<const uint8_t>(mask),
                                      ptr<int32_t>(votes), threads);
     }
     py::array_t<int64_t> bins(static_cast<py::ssize_t>(r.bins.size())), counts(static_cast<py::ssize_t>(r.counts.size()));

@@ -66,20 +66,24 @@ def hough_votes(embeddings: torch.Tensor, mask: torch.Tensor, spacing: Sequence[
 
 
 def hough_votes_block(embeddings: torch.Tensor, mask: torch.Tensor, spacing: Sequence[float],
-                      shape: Sequence[int], origin: Sequence[int]):
-    """(votes in the block (int32), outside bins (int64), their counts (int64))."""
-    block = list(mask.shape)
-    votes = torch.zeros(block, dtype=torch.int32, device=mask.device)
+                      shape: Sequence[int], origin: Sequence[int], box_shape: Sequence[int], dense: bool = True):
+    """(votes in the box (int32; None unless ``dense``), outside bins (int64), their counts (int64))."""
+    votes = torch.zeros(list(box_shape) if dense else [0] * len(box_shape), dtype=torch.int32, device=mask.device)
     if mask.device.type == "cuda":
-        return (votes,) + _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes)
-    bins, counts = _C.hough_votes_block_cpu(list(shape), block, list(origin), list(spacing), _ptr(embeddings),
-                                            _ptr(mask), _ptr(votes), _threads())
-    return votes, torch.from_numpy(bins), torch.from_numpy(counts)
+        bins, counts = _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes, list(box_shape))
+    else:
+        bins, counts = _C.hough_votes_block_cpu(list(shape), mask.numel(), list(box_shape), list(origin),
+                                                list(spacing), _ptr(embeddings), _ptr(mask),
+                                                _ptr(votes) if dense else 0, _threads())
+        bins, counts = torch.from_numpy(bins), torch.from_numpy(counts)
+    return (votes if dense else None), bins, counts
 
 
-def _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes):
+def _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes, box_shape=None):
     """The block votes in torch operations (CUDA tensors): the same float64 quotient, rounded half
-    to even, as the CPU kernel; fills ``votes`` and returns the rest of the result."""
+    to even, as the CPU kernel; adds to ``votes`` the votes in the box at ``origin`` (of
+    ``box_shape``, default the shape of ``votes``; an empty ``votes``: dropped) and returns the rest."""
+    box_shape = list(votes.shape) if box_shape is None else list(box_shape)
     ndim = len(shape)
     dev = embeddings.device
     e = embeddings.reshape(ndim, -1).to(torch.float64)
@@ -88,9 +92,9 @@ def _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes):
     size = torch.tensor(list(shape), dtype=torch.float64, device=dev)[:, None]
     q = q[:, ((q >= 0) & (q <= size - 1)).all(dim=0)].to(torch.int64)
     local = q - torch.tensor(list(origin), dtype=torch.int64, device=dev)[:, None]
-    block = torch.tensor(list(votes.shape), dtype=torch.int64, device=dev)[:, None]
+    block = torch.tensor(box_shape, dtype=torch.int64, device=dev)[:, None]
     inside = ((local >= 0) & (local < block)).all(dim=0)
-    flat_local = sum(local[a, inside] * st for a, st in enumerate(_row_major(votes.shape)))
+    flat_local = sum(local[a, inside] * st for a, st in enumerate(_row_major(box_shape)))
     if votes.numel():
         votes.view(-1).add_(torch.bincount(flat_local.reshape(-1), minlength=votes.numel()).to(torch.int32))
     flat = sum(q[a, ~inside] * st for a, st in enumerate(_row_major(shape)))

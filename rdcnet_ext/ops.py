@@ -207,8 +207,8 @@ def hough_votes(embeddings: Array, mask: Array, spacing: Optional[Sequence[float
 class BlockVotes(NamedTuple):
     """Result of :func:`hough_votes_block`."""
 
-    votes: Array
-    """int32, the block's shape: the votes landing in the block."""
+    votes: Optional[Array]
+    """int32, the box's shape: the votes landing in the box (None with ``dense=False``)."""
     outside_bins: Array
     """int64 ``(M,)``: row-major flat indices into the larger image of the other bins voted for, ascending."""
     outside_counts: Array
@@ -216,44 +216,57 @@ class BlockVotes(NamedTuple):
 
 
 def hough_votes_block(embeddings: Array, mask: Array, spacing: Optional[Sequence[float]] = None,
-                      shape: Optional[Sequence[int]] = None, origin: Optional[Sequence[int]] = None) -> BlockVotes:
+                      shape: Optional[Sequence[int]] = None, origin: Optional[Sequence[int]] = None,
+                      box_shape: Optional[Sequence[int]] = None, dense: bool = True) -> BlockVotes:
     """:func:`hough_votes` of one block of a larger image, for chunked processing.
 
-    The arrays are the block whose first pixel is pixel ``origin`` (default 0) of an image of
-    ``shape`` (default: the block's own). Pixels vote exactly as in :func:`hough_votes` on the
-    whole image, for bins of the whole image: the votes landing in the block come back as a
-    dense histogram of the block, the others as sparse ``(outside_bins, outside_counts)``, so
-    summing every block's votes, each routed to its place, gives :func:`hough_votes` of the whole
-    image. On CUDA tensors this runs as torch operations (same float64 rounding), not a kernel.
+    ``embeddings`` and ``mask`` are the pixels of any block of an image of ``shape`` (their
+    embeddings are absolute, so where the block lies does not matter). Pixels vote exactly as in
+    :func:`hough_votes` on the whole image, for bins of the whole image: the votes landing in the
+    box of ``box_shape`` (default: the block's shape) whose first pixel is ``origin`` (default 0)
+    come back as a dense histogram of the box, the others as sparse ``(outside_bins,
+    outside_counts)``. With the box where the block lies, summing every block's votes, each
+    routed to its place, gives :func:`hough_votes` of the whole image. ``shape`` defaults to
+    ``origin + box_shape``; the box must lie in the image (it may be empty). ``dense=False``
+    skips the box's histogram (``votes`` is None): only the votes leaving the box are returned,
+    as a routing pass needs. On CUDA tensors this runs as torch operations (same float64
+    rounding), not a kernel.
     """
     emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
     spacing = _check_spacing(spacing, ndim)
-    block = list(mask.shape)
     origin = [0] * ndim if origin is None else _check_origin(origin, ndim)
+    box_shape = list(mask.shape) if box_shape is None else _check_image_shape(box_shape, ndim, "box_shape", empty=True)
     if shape is None:
-        shape = [o + b for o, b in zip(origin, block)]
+        shape = [o + b for o, b in zip(origin, box_shape)]
+        if not all(shape):
+            raise ValueError(f"shape: needed when the box is empty at its origin, got box_shape {tuple(box_shape)}")
     else:
         shape = _check_image_shape(shape, ndim)
-        if any(o + b > n for o, b, n in zip(origin, block, shape)):
-            raise ValueError(f"origin: the block of shape {tuple(block)} at {tuple(origin)} does not fit in the "
+        if any(o + b > n for o, b, n in zip(origin, box_shape, shape)):
+            raise ValueError(f"origin: the box of shape {tuple(box_shape)} at {tuple(origin)} does not fit in the "
                              f"image of shape {tuple(shape)}")
     if any(n >= 2**31 for n in shape):
         raise ValueError(f"shape: expected axes shorter than 2**31 pixels, got {tuple(shape)}")
-    votes, bins, counts = _launch.hough_votes_block(emb, mask, spacing, shape, origin)
-    return BlockVotes(_out(votes, was_numpy), _out(bins, was_numpy), _out(counts, was_numpy))
+    if not isinstance(dense, (bool, np.bool_)):
+        raise TypeError(f"dense: expected True or False, got {_describe(dense)}")
+    votes, bins, counts = _launch.hough_votes_block(emb, mask, spacing, shape, origin, box_shape, bool(dense))
+    return BlockVotes(None if votes is None else _out(votes, was_numpy), _out(bins, was_numpy),
+                      _out(counts, was_numpy))
 
 
-def _check_image_shape(shape, ndim: int) -> list:
-    """``shape``: ``ndim`` positive Python ints (a sequence or a 1-D integer array)."""
+def _check_image_shape(shape, ndim: int, name: str = "shape", empty: bool = False) -> list:
+    """``shape``: ``ndim`` positive (``empty``: non-negative) Python ints (a sequence or a 1-D
+    integer array)."""
+    what = f"{ndim} {'non-negative' if empty else 'positive'} ints"
     if isinstance(shape, (torch.Tensor, np.ndarray)):
         shape = shape.tolist()
     try:
         values = list(shape)
     except TypeError:
-        raise TypeError(f"shape: expected a sequence of {ndim} positive ints, got {_describe(shape)}") from None
-    if len(values) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-                                      for v in values):
-        raise ValueError(f"shape: expected {ndim} positive ints, got {shape!r}")
+        raise TypeError(f"{name}: expected a sequence of {what}, got {_describe(shape)}") from None
+    if len(values) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                      and (v >= 0 if empty else v > 0) for v in values):
+        raise ValueError(f"{name}: expected {what}, got {shape!r}")
     return [int(v) for v in values]
 
 

@@ -80,13 +80,14 @@ def hough_votes_block(
     spacing: Optional[Sequence[float]] = None,
     shape: Optional[Sequence[int]] = None,
     origin: Optional[Sequence[int]] = None,
+    box_shape: Optional[Sequence[int]] = None,
 ):
-    """Votes of the block at pixel ``origin`` of an image of ``shape``: the whole image's vote
-    histogram of this block's pixels, cut into the block's part (dense) and the rest (nonzero
-    bins, flat row-major, ascending, with their counts). Returns ``(votes, outside_bins,
-    outside_counts)``."""
+    """Votes of a block's pixels in an image of ``shape``: the whole image's vote histogram of
+    these pixels, cut into the box of ``box_shape`` (default the block's) at pixel ``origin``
+    (dense) and the rest (nonzero bins, flat row-major, ascending, with their counts). Returns
+    ``(votes, outside_bins, outside_counts)``."""
     ndim = embeddings.shape[0]
-    block = tuple(embeddings.shape[1:])
+    block = tuple(embeddings.shape[1:]) if box_shape is None else tuple(int(b) for b in box_shape)
     origin = [0] * ndim if origin is None else [int(o) for o in origin]
     shape = [o + b for o, b in zip(origin, block)] if shape is None else [int(n) for n in shape]
     size = 1

@@ -65,6 +65,27 @@ def test_hough_votes_block_equals_reference(shape, spacing, fraction, rng):
         assert_equal(t_counts, counts, "outside counts (torch path)")
 
 
+@geometries
+def test_hough_votes_block_any_box(shape, spacing, rng):
+    """The dense box need not be where the block lies: any box in the image, empty ones included."""
+    emb = random_embeddings(shape, spacing, rng)
+    mask = random_mask(shape, rng, 0.8)
+    sp = spacing_list(spacing, len(shape))
+    for _ in range(4):
+        _, pixels = _random_block(shape, rng)
+        origin = [int(rng.integers(0, n + 1)) for n in shape]
+        box = [int(rng.integers(0, n - o + 1)) for n, o in zip(shape, origin)]
+        e, m = emb[(slice(None),) + pixels].contiguous(), mask[pixels].contiguous()
+        got = ops.hough_votes_block(e, m, spacing, shape, origin, box)
+        expected = ref.hough_votes_block(e, m, sp, shape, origin, box)
+        for g, x, what in zip(got, expected, ("votes", "outside bins", "outside counts")):
+            assert_equal(g, x, f"{what}, box {box} at {origin}")
+        own = torch.zeros(box, dtype=torch.int32)
+        t_bins, t_counts = _launch._hough_votes_block_torch(e, m, sp, shape, origin, own)
+        assert_equal(own, expected[0], "votes (torch path)")
+        assert_equal(t_bins, expected[1], "outside bins (torch path)")
+
+
 @pytest.mark.parametrize("shape,spacing,block", [((31, 29), None, (7, 5)), ((40, 17), (1.0, 0.5), (40, 3)),
                                                  ((10, 20, 15), (2.0, 1.0, 0.7), (3, 8, 4)),
                                                  ((7, 9, 11), None, (1, 1, 1))])
@@ -107,6 +128,14 @@ def test_hough_votes_block_bad_arguments():
         ops.hough_votes_block(emb, mask, shape=4)
     with pytest.raises(ValueError, match="does not fit"):
         ops.hough_votes_block(emb, mask, shape=(10, 10), origin=(7, 0))
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.hough_votes_block(emb, mask, shape=(10, 10), origin=(0, 0), box_shape=(11, 2))
+    with pytest.raises(ValueError, match="box_shape: expected 2 non-negative ints"):
+        ops.hough_votes_block(emb, mask, shape=(10, 10), box_shape=(-1, 2))
+    with pytest.raises(ValueError, match="shape: needed"):
+        ops.hough_votes_block(emb, mask, box_shape=(0, 2))
+    empty = ops.hough_votes_block(emb, mask, shape=(10, 10), box_shape=(0, 3))
+    assert empty.votes.shape == (0, 3)
     with pytest.raises(ValueError, match="origin"):
         ops.hough_votes_block(emb, mask, shape=(10, 10), origin=(-1, 0))
     with pytest.raises(ValueError, match="shorter than 2\\*\\*31"):

@@ -39,7 +39,7 @@ void hough_votes_cpu(int ndim, const int64_t* shape, const double* spacing, cons
 struct BlockVotes {
   std::vector<int64_t> bins, counts;
 };
-BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, const int64_t* block_shape,
+BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, int64_t pixels, const int64_t* box_shape,
                                  const int64_t* origin, const double* spacing, const float* emb,
                                  const uint8_t* mask, int32_t* votes, int threads);
 // score_is_int64: `in` is int64, else int32. Writes the box sum (int64) to out; tmp is scratch.

@@ -48,11 +48,12 @@ void hough_votes_cpu(int ndim, const int64_t* shape, const double* spacing, cons
 
 namespace rdc {
 
-// Votes of one block of a larger image (the block's first pixel is the image's pixel `origin`):
-// bins inside the block are counted into `votes` (the block's shape); bins elsewhere in the image
-// are returned as (global flat bin, count) pairs, ascending and merged. Binning is vote_bin's:
-// the same pixels vote, for the same global bins.
-BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, const int64_t* block_shape,
+// Votes of `pixels` pixels of a larger image (any block of it: embeddings are absolute): bins
+// inside the box of `box_shape` at pixel `origin` are counted into `votes` (the box's shape);
+// bins elsewhere in the image are returned as (global flat bin, count) pairs, ascending and
+// merged (votes == nullptr: the box's votes are dropped). Binning is vote_bin's: the same pixels
+// vote, for the same global bins.
+BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, int64_t pixels, const int64_t* box_shape,
                                  const int64_t* origin, const double* spacing, const float* emb,
                                  const uint8_t* mask, int32_t* votes, int threads) {
   BlockVotes result;
@@ -60,17 +61,17 @@ BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, const int
     constexpr int NDIM = decltype(nd)::value;
     VoteGeometry<NDIM> g;
     g.shape = make_shape<NDIM>(image_shape);
-    const Shape<NDIM> block = make_shape<NDIM>(block_shape);
+    const Shape<NDIM> box = make_shape<NDIM>(box_shape);
     for (int a = 0; a < NDIM; ++a) {
       g.spacing[a] = spacing[a];
       g.inv_spacing[a] = 1.0 / spacing[a];
     }
-    const int64_t n = block.numel();
+    const int64_t n = pixels;
     const int64_t parts = parallel_chunks(n, threads, 1 << 16);
     std::vector<std::vector<int64_t>> outside(std::max<int64_t>(parts, 1));  // (bin, count) pairs
     parallel_for_chunks(n, threads, 1 << 16, [&](int64_t part, int64_t begin, int64_t end) {
       // As in hough_votes_cpu: a direct-mapped cache of (bin, count), flushed on eviction; the
-      // slot also remembers where the bin goes (its index in the block, or -1: outside).
+      // slot also remembers where the bin goes (its index in the box, or -1: outside).
       constexpr int kSlots = 1024;
       int64_t bin[kSlots], local[kSlots];
       int64_t count[kSlots];
@@ -79,7 +80,7 @@ BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, const int
       auto flush = [&](int s) {
         if (bin[s] < 0) return;
         if (local[s] >= 0) {
-          __atomic_fetch_add(votes + local[s], static_cast<int32_t>(count[s]), __ATOMIC_RELAXED);
+          if (votes != nullptr) __atomic_fetch_add(votes + local[s], static_cast<int32_t>(count[s]), __ATOMIC_RELAXED);
         } else {
           out.push_back(bin[s]);
           out.push_back(count[s]);
@@ -93,14 +94,14 @@ BlockVotes hough_votes_block_cpu(int ndim, const int64_t* image_shape, const int
           flush(slot);
           bin[slot] = flat;
           count[slot] = 0;
-          int64_t c[NDIM];  // the bin's place in the block, found once per cache miss
+          int64_t c[NDIM];  // the bin's place in the box, found once per cache miss
           g.shape.unravel(flat, c);
-          bool in_block = true;
+          bool in_box = true;
           for (int a = 0; a < NDIM; ++a) {
             c[a] -= origin[a];
-            in_block = in_block && c[a] >= 0 && c[a] < block.size[a];
+            in_box = in_box && c[a] >= 0 && c[a] < box.size[a];
           }
-          local[slot] = in_block ? block.ravel(c) : -1;
+          local[slot] = in_box ? box.ravel(c) : -1;
         }
         ++count[slot];
       }
