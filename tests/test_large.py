@@ -79,6 +79,37 @@ def test_chunked_equals_whole_3d(problem):
     _check(*problem)
 
 
+@pytest.mark.parametrize("name,chunks", [("2d", (2, 3)), ("2d-aniso", (3, 2)), ("3d-aniso", (2, 3, 4))])
+def test_chunks_far_smaller_than_the_halos(name, chunks):
+    """Chunks of a few pixels: a peak region spans several chunks per axis, a chunk's border
+    faces are the whole chunk, and votes are routed to many regions at once."""
+    emb, mask, spacing = field(name)
+    _check(emb, mask, spacing, chunks, dict(min_distance=7.0, min_votes=1, smooth_radius=2, max_distance=None,
+                                            opening_radius=2.6))
+
+
+def test_label_tasks_read_only_their_own_chunk():
+    """Memory stays bounded by the chunk: each task of the returned labels reads its own chunk of
+    the embeddings and mask (and the shared centre index), never another task's result, so dask
+    holds no chunk in memory for a neighbour."""
+    import dask.array as da
+    from dask.core import get_dependencies
+
+    emb, mask, spacing = field("2d")
+    e, m = da.from_array(emb, chunks=(2, 10, 13)), da.from_array(mask, chunks=(10, 13))
+    labels, _ = large.embeddings_to_labels(e, m, 4.0, spacing=spacing, opening_radius=1.5)
+    graph = dict(labels.__dask_graph__())
+    tasks = [k for k in graph if isinstance(k, str) and k.startswith("_then_release_memory")]
+    assert len(tasks) == m.npartitions
+    emb_name, mask_name = e.name, m.name
+    for key in tasks:
+        deps = get_dependencies(graph, key)
+        chunk_reads = sorted((d for d in deps if isinstance(d, tuple)), key=len)
+        assert [d[0] for d in chunk_reads] == [mask_name, emb_name], deps
+        assert chunk_reads[0][1:] == chunk_reads[1][2:]  # the same block of both
+        assert all(isinstance(d, tuple) or d.startswith("CentreIndex") for d in deps), deps
+
+
 def test_votes_are_global_and_additive():
     """The chunked histogram is hough_votes of the whole image, votes across chunks included."""
     import dask.array as da
