@@ -107,7 +107,7 @@ def test_label_tasks_read_only_their_own_chunk():
         chunk_reads = sorted((d for d in deps if isinstance(d, tuple)), key=len)
         assert [d[0] for d in chunk_reads] == [mask_name, emb_name], deps
         assert chunk_reads[0][1:] == chunk_reads[1][2:]  # the same block of both
-        assert all(isinstance(d, tuple) or d.startswith("CentreIndex") for d in deps), deps
+        assert all(isinstance(d, tuple) or d.startswith("centre-index-") for d in deps), deps
 
 
 def test_votes_are_global_and_additive():

@@ -425,7 +425,9 @@ def _assign_labels(embeddings, mask, centres, spacing, max_distance, opening_rad
     max_distance, opening_radius = _check_assign_options(max_distance, opening_radius)
     # The centre grid and candidate lists are built once for the whole image and shared by all
     # chunks (their size grows with the number of centres, not of pixels).
-    index = dask.delayed(ops.CentreIndex(centres, mask.shape, spacing), pure=True, traverse=False)
+    # Named from the centres, so that dask does not pickle the whole index to hash it.
+    name = "centre-index-" + dask.base.tokenize(centres, tuple(mask.shape), spacing)
+    index = dask.delayed(ops.CentreIndex(centres, mask.shape, spacing), name=name, pure=True, traverse=False)
     if opening_radius is None:
         return _from_blocks(_per_block(_assign_chunk, embeddings, mask, index, max_distance), mask.chunks, np.int32)
     halo = _opening_halo(opening_radius, spacing)
