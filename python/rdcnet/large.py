@@ -3,19 +3,26 @@
 RDCNet's embeddings are global physical coordinates and Hough votes are additive, so the four
 steps of :func:`rdcnet_ext.ops.embeddings_to_labels` split over chunks without any stitching:
 
-1. votes: every chunk bins its own embeddings (:func:`rdcnet_ext.ops.hough_votes_block`); a
-   first pass collects the votes landing in other chunks (sparse: bin and count) and routes them
-   to their chunk, whose task adds them to its own votes, giving the global vote histogram;
-2. peaks: :func:`rdcnet_ext.ops.find_peaks` on each chunk grown by a halo of one peak window
-   plus the smoothing box, keeping the peaks of the chunk proper (the halo makes the window and
-   the box sums exact; row-major tie breaking is unchanged by a shift of origin);
+1. votes: a first pass bins every chunk's embeddings (:func:`rdcnet_ext.ops.hough_votes_block`)
+   and keeps only the votes landing outside the chunk's interior (sparse: bin and count), routed
+   to every chunk whose grown region (below) holds them;
+2. peaks: each chunk bins its own pixels again over its core grown by a halo of one peak window
+   plus the smoothing box, adds the votes routed to it (giving the global histogram there) and
+   runs :func:`rdcnet_ext.ops.find_peaks`, keeping the peaks of the chunk proper (the halo makes
+   the window and the box sums exact; row-major tie breaking is unchanged by a shift of origin);
 3. one global, row-major ordered centre list, prepared once as a
    :class:`rdcnet_ext.ops.CentreIndex` of the whole image (the nearest-centre search grid and
    each cell's candidates: memory in proportion to the centres, not the pixels); each chunk is
    assigned with :func:`rdcnet_ext.ops.assign_to_centres` over that index;
 4. :func:`rdcnet_ext.ops.label_opening` on each chunk grown by two ball radii (a pixel's fate
-   depends on labels up to two radii away); where the grown chunk meets the image border the
-   op's "outside counts as the same label" rule applies, as on the whole image.
+   depends on labels up to two radii away): a pass labels each chunk's border slabs, and each
+   chunk's task surrounds its own labels with its neighbours' slabs; where the grown chunk meets
+   the image border the op's "outside counts as the same label" rule applies, as on the whole
+   image.
+
+No task takes another chunk's result as input: each reads its own chunk (plus small routed
+data), so dask never keeps a chunk in memory for a neighbour and memory is bounded by the chunks
+in flight, whatever the image size.
 
 The result is bit for bit :func:`rdcnet_ext.ops.embeddings_to_labels` of the whole array, for any
 chunking. Inputs are dask arrays (or NumPy arrays, chunked here); the graph runs on dask's
