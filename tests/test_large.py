@@ -79,6 +79,13 @@ def test_chunked_equals_whole_3d(problem):
     _check(*problem)
 
 
+def test_one_chunk_whose_votes_all_stay_home():
+    """A single chunk (hypothesis found it: every routed vote returns to its own chunk)."""
+    emb, mask, spacing = field("2d-aniso")
+    _check(emb, mask, spacing, mask.shape, dict(min_distance=1.0, min_votes=0, smooth_radius=0, max_distance=None,
+                                                opening_radius=None))
+
+
 @pytest.mark.parametrize("name,chunks", [("2d", (2, 3)), ("2d-aniso", (3, 2)), ("3d-aniso", (2, 3, 4))])
 def test_chunks_far_smaller_than_the_halos(name, chunks):
     """Chunks of a few pixels: a peak region spans several chunks per axis, a chunk's border

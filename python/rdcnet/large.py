@@ -228,6 +228,8 @@ def _route(bins, counts, source, chunks, shape, halo) -> dict:
     target = np.ravel_multi_index(dest, nblocks)
     keep = target != np.ravel_multi_index(source, nblocks)  # the source bins its own region itself
     rows, target = rows[keep], target[keep]
+    if target.size == 0:  # every vote stays in the source's own region
+        return {}
     order = np.argsort(target, kind="stable")
     rows, target = rows[order], target[order]
     starts = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
