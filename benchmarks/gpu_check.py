@@ -4,7 +4,8 @@ then one table of speed and memory for every way of computing the sSDC.
     pip install --no-build-isolation --no-deps . && python benchmarks/gpu_check.py --out gpu_check.md
 
 (a) correctness, PASS/FAIL per line with the measured error: hough_votes, find_peaks,
-    assign_to_centres, label_opening and embeddings_to_labels on the device against
+    assign_to_centres, label_opening, embeddings_to_labels and the block ops (hough_votes_block,
+    assign_to_centres over a CentreIndex) on the device against
     ``rdcnet_ext.reference`` on the CPU (exact equality; 2D and anisotropic 3D synthetic fields),
     and the sSDC forward and its five gradients for float64/float32/bfloat16/float16 with each
     CUDA kernel (``RDCNET_EXT_SSDC_CUDA_KERNEL`` = simt, tensorcore; float32 on tensor cores is
@@ -69,7 +70,8 @@ def op_cases(small: bool):
             ("3d-aniso", (16, 64, 56), 30, (2.0, 0.5, 0.5))]
 
 
-OP_NAMES = ["hough_votes", "find_peaks", "assign_to_centres", "label_opening", "embeddings_to_labels"]
+OP_NAMES = ["hough_votes", "find_peaks", "assign_to_centres", "label_opening", "embeddings_to_labels",
+            "hough_votes_block", "assign_centre_index"]
 
 
 def ssdc_check_cases(small: bool):
@@ -198,13 +200,29 @@ def run_ops(device: str, small: bool, case_timeout: float) -> None:
             "label_opening": lambda: ref.label_opening(labels, 1.5, sp),
             "embeddings_to_labels": lambda: ref.embeddings_to_labels(e, m, 2.0, sp, 1, 1, 3.0, 1.5),
         }
+        # The block ops on the block of the image's second half along each axis.
+        region = tuple(slice(n // 2, n) for n in shape)
+        eb, mb = e[(slice(None),) + region].contiguous(), m[region].contiguous()
+        origin = [r.start for r in region]
+
+        def flat_block_votes(result):
+            return torch.cat([t.reshape(-1).to(torch.int64).cpu() for t in result])
+
+        expected.update({
+            "hough_votes_block": lambda: flat_block_votes(ref.hough_votes_block(eb, mb, sp, shape, origin)),
+            "assign_centre_index": lambda: ref.assign_to_centres(e, m, centres, sp, 3.0)[region],
+        })
         ed, md, ld = e.to(device), m.to(device), labels.to(device)
+        ebd, mbd = eb.to(device), mb.to(device)
         got = {
             "hough_votes": lambda: ops.hough_votes(ed, md, sp),
             "find_peaks": lambda: ops.find_peaks(votes.to(device), 2.0, 1, sp, 1),
             "assign_to_centres": lambda: ops.assign_to_centres(ed, md, centres.to(device), sp, 3.0),
             "label_opening": lambda: ops.label_opening(ld, 1.5, sp),
             "embeddings_to_labels": lambda: ops.embeddings_to_labels(ed, md, 2.0, sp, 1, 1, 3.0, 1.5),
+            "hough_votes_block": lambda: flat_block_votes(ops.hough_votes_block(ebd, mbd, sp, shape, origin)).to(device),
+            "assign_centre_index": lambda: ops.assign_to_centres(
+                ebd, mbd, ops.CentreIndex(centres.to(device), shape, sp), max_distance=3.0, origin=origin),
         }
         for op in OP_NAMES:
             row = {"kind": "check", "name": f"{op} {name}", "tolerance": "exact"}
