@@ -18,6 +18,13 @@ namespace {
 template <typename T>
 T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
+// A NumPy int64 array holding a copy of v.
+py::array_t<int64_t> to_numpy(const std::vector<int64_t>& v) {
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(int64_t));
+  return out;
+}
+
 void check_ndim(const std::vector<int64_t>& shape, const char* op) {
   if (shape.size() != 2 && shape.size() != 3)
     throw std::invalid_argument(std::string(op) + ": shape must have 2 or 3 entries");
@@ -94,12 +101,7 @@ PYBIND11_MODULE(_C, m) {
                                      origin.data(), spacing.data(), ptr<const float>(emb), ptr<const uint8_t>(mask),
                                      ptr<int32_t>(votes), threads);
     }
-    py::array_t<int64_t> bins(static_cast<py::ssize_t>(r.bins.size())), counts(static_cast<py::ssize_t>(r.counts.size()));
-    if (!r.bins.empty()) {
-      std::memcpy(bins.mutable_data(), r.bins.data(), r.bins.size() * sizeof(int64_t));
-      std::memcpy(counts.mutable_data(), r.counts.data(), r.counts.size() * sizeof(int64_t));
-    }
-    return py::make_tuple(bins, counts);
+    return py::make_tuple(to_numpy(r.bins), to_numpy(r.counts));
   }, "Votes of a block: fills `votes`; returns (outside bins, their counts).");
   m.def("box_sum_cpu", [](std::vector<int64_t> shape, int64_t radius, uintptr_t in, bool in_is_int64,
                           uintptr_t out, uintptr_t tmp, int threads) {
@@ -116,9 +118,7 @@ PYBIND11_MODULE(_C, m) {
       flat = rdc::find_peaks_cpu(int(shape.size()), shape.data(), window.data(), min_votes,
                                  ptr<const void>(score), score_is_int64, threads);
     }
-    py::array_t<int64_t> out(static_cast<py::ssize_t>(flat.size()));
-    if (!flat.empty()) std::memcpy(out.mutable_data(), flat.data(), flat.size() * sizeof(int64_t));
-    return out;
+    return to_numpy(flat);
   }, "Flat row-major indices of the peaks, as a NumPy int64 array.");
   m.def("cell_candidates_cpu", [](std::vector<int64_t> shape, std::vector<double> spacing, uintptr_t centres,
                                   uintptr_t cell_start, uintptr_t cell_items, std::vector<int64_t> cells,

@@ -94,20 +94,12 @@ def _hough_votes_block_torch(embeddings, mask, spacing, shape, origin, votes, bo
     local = q - torch.tensor(list(origin), dtype=torch.int64, device=dev)[:, None]
     block = torch.tensor(box_shape, dtype=torch.int64, device=dev)[:, None]
     inside = ((local >= 0) & (local < block)).all(dim=0)
-    flat_local = sum(local[a, inside] * st for a, st in enumerate(_row_major(box_shape)))
+    flat_local = sum(local[a, inside] * st for a, st in enumerate(_strides(box_shape).tolist()))
     if votes.numel():
         votes.view(-1).add_(torch.bincount(flat_local.reshape(-1), minlength=votes.numel()).to(torch.int32))
-    flat = sum(q[a, ~inside] * st for a, st in enumerate(_row_major(shape)))
+    flat = sum(q[a, ~inside] * st for a, st in enumerate(_strides(shape).tolist()))
     bins, counts = torch.unique(flat.reshape(-1), sorted=True, return_counts=True)
     return bins, counts
-
-
-def _row_major(shape: Sequence[int]) -> list:
-    strides, acc = [], 1
-    for n in reversed(list(shape)):
-        strides.append(acc)
-        acc *= int(n)
-    return strides[::-1]
 
 
 def _score(votes: torch.Tensor, smooth_radius: int) -> torch.Tensor:

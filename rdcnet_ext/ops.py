@@ -235,13 +235,13 @@ def hough_votes_block(embeddings: Array, mask: Array, spacing: Optional[Sequence
     emb, mask, ndim, was_numpy = _embeddings_and_mask(embeddings, mask)
     spacing = _check_spacing(spacing, ndim)
     origin = [0] * ndim if origin is None else _check_origin(origin, ndim)
-    box_shape = list(mask.shape) if box_shape is None else _check_image_shape(box_shape, ndim, "box_shape", empty=True)
+    box_shape = list(mask.shape) if box_shape is None else _check_ints(box_shape, ndim, "box_shape", positive=False)
     if shape is None:
         shape = [o + b for o, b in zip(origin, box_shape)]
         if not all(shape):
             raise ValueError(f"shape: needed when the box is empty at its origin, got box_shape {tuple(box_shape)}")
     else:
-        shape = _check_image_shape(shape, ndim)
+        shape = _check_ints(shape, ndim)
         if any(o + b > n for o, b, n in zip(origin, box_shape, shape)):
             raise ValueError(f"origin: the box of shape {tuple(box_shape)} at {tuple(origin)} does not fit in the "
                              f"image of shape {tuple(shape)}")
@@ -254,20 +254,22 @@ def hough_votes_block(embeddings: Array, mask: Array, spacing: Optional[Sequence
                       _out(counts, was_numpy))
 
 
-def _check_image_shape(shape, ndim: int, name: str = "shape", empty: bool = False) -> list:
-    """``shape``: ``ndim`` positive (``empty``: non-negative) Python ints (a sequence or a 1-D
-    integer array)."""
-    what = f"{ndim} {'non-negative' if empty else 'positive'} ints"
-    if isinstance(shape, (torch.Tensor, np.ndarray)):
-        shape = shape.tolist()
+def _check_ints(values, ndim: int, name: str = "shape", positive: bool = True) -> list:
+    """``values``: ``ndim`` positive (or non-negative) Python ints, from a sequence or a 1-D
+    integer array."""
+    what = f"{ndim} {'positive' if positive else 'non-negative'} ints"
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        if values.ndim != 1:
+            raise ValueError(f"{name}: expected {what}, got {_describe(values)}")
+        values = values.tolist()
     try:
-        values = list(shape)
+        items = list(values)
     except TypeError:
-        raise TypeError(f"{name}: expected a sequence of {what}, got {_describe(shape)}") from None
-    if len(values) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                      and (v >= 0 if empty else v > 0) for v in values):
-        raise ValueError(f"{name}: expected {what}, got {shape!r}")
-    return [int(v) for v in values]
+        raise TypeError(f"{name}: expected a sequence of {what}, got {_describe(values)}") from None
+    if len(items) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                     and (v > 0 if positive else v >= 0) for v in items):
+        raise ValueError(f"{name}: expected {what}, got {values!r}")
+    return [int(v) for v in items]
 
 
 def _check_votes(votes) -> tuple[torch.Tensor, bool]:
@@ -348,7 +350,7 @@ class CentreIndex:
         if t.dim() != 2 or t.shape[1] not in (2, 3):
             raise ValueError(f"centres: expected shape (K, 2) or (K, 3), got {_describe(t)}")
         ndim = int(t.shape[1])
-        self.shape = tuple(_check_image_shape(shape, ndim))
+        self.shape = tuple(_check_ints(shape, ndim))
         t = _check_centres(t, ndim, t.device)
         self.spacing = tuple(_check_spacing(spacing, ndim))
         _launch._check_centre_count(t)
@@ -436,18 +438,7 @@ def assign_to_centres(
 
 def _check_origin(origin, ndim: int) -> list:
     """``origin``: ``ndim`` non-negative Python ints (a sequence or a 1-D integer array)."""
-    if isinstance(origin, (torch.Tensor, np.ndarray)):
-        if origin.ndim != 1:
-            raise ValueError(f"origin: expected {ndim} non-negative ints, got {_describe(origin)}")
-        origin = origin.tolist()
-    try:
-        values = list(origin)
-    except TypeError:
-        raise TypeError(f"origin: expected a sequence of {ndim} non-negative ints, got {_describe(origin)}") from None
-    if len(values) != ndim or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
-                                      for v in values):
-        raise ValueError(f"origin: expected {ndim} non-negative ints, got {origin!r}")
-    return [int(v) for v in values]
+    return _check_ints(origin, ndim, "origin", positive=False)
 
 
 def label_opening(labels: Array, radius: float, spacing: Optional[Sequence[float]] = None) -> Array:

@@ -95,9 +95,19 @@ def _as_inputs(embeddings, mask, chunks):
     return embeddings, mask, ndim
 
 
+def _bounds(chunks: Sequence[Sequence[int]]) -> list:
+    """Per axis, the chunk boundaries: 0, then the cumulative chunk sizes (int64)."""
+    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
+
+
+def _block_of(core, chunks) -> tuple:
+    """Block index of the chunk whose slices are ``core``."""
+    return tuple(int(np.searchsorted(b, s.start, side="right") - 1) for b, s in zip(_bounds(chunks), core))
+
+
 def _blocks(chunks: Sequence[Sequence[int]]):
     """(block index, slices) per chunk in row-major block order."""
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
+    bounds = _bounds(chunks)
     for idx in itertools.product(*[range(len(c)) for c in chunks]):
         yield idx, tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx))
 
@@ -199,10 +209,6 @@ def _outgoing_votes(emb, mask, core, spacing, shape, halo, chunks) -> dict:
     return _route(r.outside_bins, r.outside_counts, own, chunks, shape, halo)
 
 
-def _block_of(core, chunks) -> tuple:
-    return tuple(int(np.searchsorted(np.cumsum(c), s.start, side="right")) for c, s in zip(chunks, core))
-
-
 def _route(bins, counts, source, chunks, shape, halo) -> dict:
     """{block index: (flat indices in the block's grown region, counts)} of the (global bin,
     count) pairs, for every block other than ``source`` whose core grown by ``halo`` (clipped to
@@ -211,7 +217,7 @@ def _route(bins, counts, source, chunks, shape, halo) -> dict:
         return {}
     nblocks = [len(c) for c in chunks]
     coords = np.unravel_index(bins, shape)
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
+    bounds = _bounds(chunks)
     # Per axis, the blocks whose grown range [start - h, stop + h) holds the coordinate: a run of
     # consecutive blocks (more than three when chunks are narrower than the halo).
     rows = np.arange(bins.size)
@@ -366,8 +372,8 @@ def _faces(emb, mask, core, index, max_distance, halo) -> dict:
 def _neighbour_faces(core, chunks, region, faces: dict) -> list:
     """[(slices in ``region``, labels)] of every other chunk's part of ``region``, cut from the
     face that chunk turns towards ``core`` (it holds that part: the region is within the halo)."""
-    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
-    own = tuple(int(np.searchsorted(b, s.start, side="right") - 1) for b, s in zip(bounds, core))
+    bounds = _bounds(chunks)
+    own = _block_of(core, chunks)
     parts = []
     for idx in _overlapping(chunks, region):
         if idx == own:
@@ -452,11 +458,8 @@ def _assign_labels(embeddings, mask, centres, spacing, max_distance, opening_rad
 
 def _overlapping(chunks, region):
     """Block indices of the chunks that overlap ``region``, row-major."""
-    ranges = []
-    for c, r in zip(chunks, region):
-        b = np.concatenate([[0], np.cumsum(c)])
-        ranges.append(range(int(np.searchsorted(b, r.start, side="right") - 1),
-                            int(np.searchsorted(b, r.stop - 1, side="right"))))
+    ranges = [range(int(np.searchsorted(b, r.start, side="right") - 1), int(np.searchsorted(b, r.stop - 1, side="right")))
+              for b, r in zip(_bounds(chunks), region)]
     return itertools.product(*ranges)
 
 
