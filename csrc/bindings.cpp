@@ -146,8 +146,8 @@ PYBIND11_MODULE(_C, m) {
                            ptr<const int64_t>(image_deltas), ptr<const int64_t>(padded_deltas), count, halo.data(),
                            ptr<const void>(labels), is_int64, ptr<void>(eroded), ptr<void>(out), threads);
   }, release);
-  m.def("ssdc_cpu_isa", [] { return std::string(rdc::ssdc_cpu_isa()); },
-        "Vector instruction set the CPU sSDC kernels use on this machine.");
+  m.def("ssdc_cpu_isa", [](int dtype) { return std::string(rdc::ssdc_cpu_isa(dtype)); }, py::arg("dtype") = 0,
+        "Vector instruction set the CPU sSDC kernels use on this machine for a dtype code (0 float32, 3 bfloat16).");
   m.def("ssdc_forward_cpu", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
                                std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
                                uintptr_t b, uintptr_t rw, uintptr_t rb, uintptr_t y, int threads) {

@@ -502,7 +502,7 @@ def embeddings_to_labels(
 # ---- sSDC ------------------------------------------------------------------------------------------
 
 _SSDC_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
+    "cpu": (torch.float32, torch.float64, torch.bfloat16),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 _SSDC_MAX_DILATIONS = 16
@@ -575,9 +575,12 @@ def ssdc(
     simt kernel; any other value of the variable raises ``ValueError``. Parameter gradients are
     summed in float64 by both kernels.
 
-    dtypes: kernels for float32 and float64 on CPU; float32, float64, float16, bfloat16 on CUDA
-    (float32 accumulation). float16/bfloat16 on CPU are computed in float32 and returned in the
-    input dtype. Under ``torch.autocast`` every tensor is first cast to the autocast dtype of the
+    dtypes: kernels for float32, float64 and bfloat16 on CPU; float32, float64, float16, bfloat16 on
+    CUDA. bfloat16 kernels take bf16 operands and accumulate in float32 (AVX512-BF16 ``vdpbf16ps``
+    where the CPU has it, else the same algorithm on float32 FMAs); they round to bfloat16 where the
+    bf16 chain of framework ops does (the activations entering the reduction, the gradient entering
+    grad x and grad weight, the outputs), and return bfloat16 gradients summed in float32 (grad x)
+    and float64 (parameters). float16 on CPU is computed in float32 and returned as float16. Under ``torch.autocast`` every tensor is first cast to the autocast dtype of the
     input's device (float64 inputs are left alone, as autocast does), and the result has that dtype.
     Registered as ``torch.ops.rdcnet_ext.ssdc`` with autograd and a fake kernel, so it trains and
     compiles (``torch.compile(fullgraph=True)``).
@@ -612,7 +615,7 @@ def ssdc(
         raise ValueError(f"x: expected a CPU or CUDA tensor, got a tensor on {x.device}")
     if x.dtype not in _SSDC_DTYPES[x.device.type] and x.dtype not in (torch.float16, torch.bfloat16):
         allowed = ", ".join(str(d) for d in _SSDC_DTYPES[x.device.type])
-        raise TypeError(f"x: expected one of {allowed} (or float16/bfloat16, computed in float32) on "
+        raise TypeError(f"x: expected one of {allowed} (or float16, computed in float32 on CPU) on "
                         f"{x.device.type}, got {_describe(x)}")
     gc = x.shape[1]
     weight = _check_ssdc_tensor(weight, "weight", (gc, channels) + (3,) * ndim, x)

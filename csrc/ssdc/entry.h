@@ -10,16 +10,18 @@ namespace rdc {
 
 enum SsdcDtype : int { kSsdcF32 = 0, kSsdcF64 = 1, kSsdcF16 = 2, kSsdcBF16 = 3 };
 
-// ---- CPU (float32, float64) -------------------------------------------------------------------
-// y = ssdc(x). All arrays of the dtype.
+// ---- CPU (float32, float64, bfloat16) ---------------------------------------------------------
+// y = ssdc(x). All arrays of the dtype (bfloat16: float32 accumulation, parameter gradients summed
+// in float64, grad x in float32, each rounded once to bfloat16).
 void ssdc_forward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
                       const void* rw, const void* rb, void* y, int threads);
 // Gradients of every input given gy; every output is overwritten (no accumulation), same dtype.
 void ssdc_backward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
                        const void* rw, const void* gy, void* gx, void* gw, void* gb, void* grw,
                        void* grb, int threads);
-// Which vector code path the CPU kernels use on this machine ("avx512", "avx2" or "generic").
-const char* ssdc_cpu_isa();
+// Which vector code path the CPU kernels use on this machine for `dtype` ("avx512_bf16" for
+// bfloat16 with AVX512-BF16, else "avx512", "avx2" or "generic"); RDCNET_EXT_SSDC_ISA caps it.
+const char* ssdc_cpu_isa(int dtype);
 
 // ---- CUDA, CUDA-core kernels (float32, float64, float16, bfloat16; ssdc_cuda.cu) ---------------
 // Launch on `stream` of `device`, no synchronisation. Forward writes y (the dtype). Backward

@@ -2,11 +2,15 @@
 // of which defines, before including this file:
 //   RDC_SSDC_NS  namespace of the variant (its functions must not be merged with another's)
 //   RDC_SSDC_VB  bytes per SIMD vector (GCC vector extensions; the compiler picks instructions)
-//   RDC_SSDC_COB output channels per register block
+//   RDC_SSDC_COB output channels per register block (even)
 // and optionally RDC_SSDC_TARGET_PRAGMA, a _Pragma("GCC target(...)") that compiles only the
 // vector micro-kernels (struct Kern, internal linkage) for a wider instruction set. The rest of the
 // file, including every standard-library template it instantiates, stays at the baseline ISA:
 // weak symbols shared with other files must never carry AVX instructions.
+// RDC_SSDC_NATIVE_BF16 (with RDC_SSDC_VB 64 and a target with avx512bf16) makes the bfloat16
+// micro-kernels use vdpbf16ps, and RDC_SSDC_BF16_ONLY compiles only the bfloat16 entry points;
+// without RDC_SSDC_NATIVE_BF16 the bfloat16 micro-kernels widen each pair to float32 (exact) and
+// use two FMAs.
 //
 // Work is split into row tiles: up to kTileWidth contiguous positions of one row (all axes but the
 // last fixed). For each tile and dilation d the kernel gathers the 3 (2D) or 9 (3D) source rows of
@@ -21,13 +25,27 @@
 //            written row by row into the source rows (scatter-free within a (batch, group)).
 // Forward parallelises over tiles; backward over (batch, group) pairs (each owns its slice of
 // grad x) with per-thread float64 accumulators for the parameter gradients, reduced in order.
+//
+// Element types (ssdc_cpu_types.h): buffers store S (float, double or bfloat16) and the
+// micro-kernels accumulate in Acc (float for float and bfloat16). Every operand of a reduction is
+// stored in k-groups of KG consecutive reduction elements (KG = 2 for bfloat16: channel pairs for
+// the convolutions, position pairs for the gradient outer products), so that one vector lane
+// multiplies a whole k-group. bfloat16 rounding happens where the bf16 chain of framework ops
+// rounds too: the activations a_d entering the 1x1 reduction, the gradient gz_d entering grad W and
+// grad x, and the outputs; grad x is summed in float32 and the parameter gradients in float64.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../common/parallel.h"
 #include "ssdc.h"
+#include "ssdc_cpu_types.h"
+
+#if defined(RDC_SSDC_NATIVE_BF16)
+#include <immintrin.h>
+#endif
 
 #if !defined(RDC_SSDC_NS) || !defined(RDC_SSDC_VB) || !defined(RDC_SSDC_COB)
 #error "define RDC_SSDC_NS, RDC_SSDC_VB and RDC_SSDC_COB before including ssdc_cpu_impl.h"
@@ -40,6 +58,7 @@ namespace {
 constexpr int COB = RDC_SSDC_COB;  // output channels per register block
 constexpr int NV = 2;              // vectors of positions per register block
 constexpr int64_t kTileWidth = 128;
+static_assert(COB % 2 == 0, "k-groups of output channels must not straddle register blocks");
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -48,54 +67,76 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 RDC_SSDC_TARGET_PRAGMA
 #endif
 
-template <typename T>
+template <typename S>
 struct Kern {
-  typedef T V __attribute__((vector_size(RDC_SSDC_VB)));
-  static constexpr int VW = RDC_SSDC_VB / int(sizeof(T));  // lanes
+  using E = SsdcElem<S>;
+  using A = typename E::Acc;
+  using U = typename E::Unit;
+  static constexpr int KG = E::KG;
+  typedef A V __attribute__((vector_size(RDC_SSDC_VB)));  // accumulators
+  typedef U X __attribute__((vector_size(RDC_SSDC_VB)));  // reduction operands, one k-group a lane
+  static constexpr int VW = RDC_SSDC_VB / int(sizeof(A));  // lanes
   static constexpr int PB = NV * VW;                       // positions per register block
 
-  static V load(const T* p) {
+  static V load(const A* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
   }
-  static void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static V splat(T s) {
-    V v = {};
-    return v + s;
+  static void store(A* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  static X loadx(const S* p) {
+    X v;
+    std::memcpy(&v, p, sizeof(X));
+    return v;
   }
-  static double hsum(const V& v) {
-    double s = 0;
-    for (int l = 0; l < VW; ++l) s += double(v[l]);
-    return s;
+  // One k-group broadcast to every lane.
+  static X bcast(const S* p) {
+    U u;
+    std::memcpy(&u, p, sizeof(U));
+    X v = {};
+    return v + u;
+  }
+  // acc + the dot product of each lane's k-group of w and x.
+  static V madd(const V& acc, const X& w, const X& x) {
+    if constexpr (KG == 1) {
+      return acc + w * x;
+    } else {
+#if defined(RDC_SSDC_NATIVE_BF16)
+      static_assert(RDC_SSDC_VB == 64, "vdpbf16ps micro-kernels need 512-bit vectors");
+      return (V)_mm512_dpbf16_ps((__m512)acc, (__m512bh)x, (__m512bh)w);
+#else
+      const X hi = X{} + 0xffff0000u;  // the upper bf16 of a pair is a float32 with its low bits cleared
+      return acc + (V)(w & hi) * (V)(x & hi) + (V)(w << 16) * (V)(x << 16);
+#endif
+    }
   }
 
-  // out[co][j] += sum_ci sum_{r in rows} sum_{kw_lo <= kw < kw_hi}
-  //                 wp[cob][ci][r][kw][i] * in[(ci * NR + r) * ldi + in_off + j + kw * pad]
-  // for co = cob * COB + i < Cop (a multiple of COB) and 0 <= j < npos (a multiple of PB).
-  static void conv_tile(T* out, int64_t ldo, int64_t npos, int64_t Cop, const T* in, int64_t CI, int NR,
-                        int64_t ldi, const int* rows, int nrows, const T* wp, int kw_lo, int kw_hi,
+  // out[co][j] += sum_cg sum_{r in rows} sum_{kw_lo <= kw < kw_hi} sum_k
+  //                 wp[cob][cg][r][kw][i][k] * in[((cg * NR + r) * ldi + in_off + j + kw * pad) * KG + k]
+  // for co = cob * COB + i < Cop (a multiple of COB), 0 <= j < npos (a multiple of PB), k < KG.
+  static void conv_tile(A* out, int64_t ldo, int64_t npos, int64_t Cop, const S* in, int64_t CG, int NR,
+                        int64_t ldi, const int* rows, int nrows, const S* wp, int kw_lo, int kw_hi,
                         int64_t pad, int64_t in_off) {
     for (int64_t cob = 0; cob < Cop / COB; ++cob) {
-      const T* wb = wp + cob * CI * NR * 3 * COB;
-      T* ob = out + cob * COB * ldo;
+      const S* wb = wp + cob * CG * NR * 3 * COB * KG;
+      A* ob = out + cob * COB * ldo;
       for (int64_t j0 = 0; j0 < npos; j0 += PB) {
         V acc[COB][NV];
         for (int i = 0; i < COB; ++i)
           for (int v = 0; v < NV; ++v) acc[i][v] = load(ob + i * ldo + j0 + v * VW);
-        for (int64_t ci = 0; ci < CI; ++ci) {
+        for (int64_t cg = 0; cg < CG; ++cg) {
           for (int rr = 0; rr < nrows; ++rr) {
             const int r = rows[rr];
-            const T* src = in + (ci * NR + r) * ldi + in_off + j0;
-            const T* w = wb + (ci * NR + r) * 3 * COB;
+            const S* src = in + ((cg * NR + r) * ldi + in_off + j0) * KG;
+            const S* w = wb + (cg * NR + r) * 3 * COB * KG;
             for (int kw = kw_lo; kw < kw_hi; ++kw) {
-              const T* s = src + kw * pad;
-              V xv[NV];
-              for (int v = 0; v < NV; ++v) xv[v] = load(s + v * VW);
-              const T* wk = w + kw * COB;
+              const S* s = src + kw * pad * KG;
+              X xv[NV];
+              for (int v = 0; v < NV; ++v) xv[v] = loadx(s + v * VW * KG);
+              const S* wk = w + kw * COB * KG;
               for (int i = 0; i < COB; ++i) {
-                const V wv = splat(wk[i]);
-                for (int v = 0; v < NV; ++v) acc[i][v] += wv * xv[v];
+                const X wv = bcast(wk + i * KG);
+                for (int v = 0; v < NV; ++v) acc[i][v] = madd(acc[i][v], wv, xv[v]);
               }
             }
           }
@@ -106,22 +147,23 @@ struct Kern {
     }
   }
 
-  // out[k][m] += sum_{j < n} at[j * lda + m] * b[k][j] for k < NB, m < Mv * VW (Mv a multiple of
-  // 4): gradient accumulation with vectors along m (a transposed tile) and positions j as the
-  // reduction, so nothing is summed horizontally; out rows are float64.
+  // out[k][m] += sum_{j < n} at[((j / KG) * lda + m) * KG + j % KG] * b[k][j] for k < NB, m < Mv * VW
+  // (Mv a multiple of 4): gradient accumulation with vectors along m (a transposed tile) and
+  // positions j as the reduction, so nothing is summed horizontally; out rows are float64. For
+  // KG > 1, `at` holds zeros for n <= j < round_up(n, KG) and b[k] is readable there.
   template <int NB>
-  static void outer(const T* at, int64_t lda, int64_t Mv, const T* const* b, int64_t n, double* const* out) {
+  static void outer(const S* at, int64_t lda, int64_t Mv, const S* const* b, int64_t n, double* const* out) {
     constexpr int MB = 4;
     for (int64_t mv0 = 0; mv0 < Mv; mv0 += MB) {
       V acc[MB][NB];
       for (int i = 0; i < MB; ++i)
         for (int k = 0; k < NB; ++k) acc[i][k] = V{};
-      for (int64_t j = 0; j < n; ++j) {
-        V av[MB];
-        for (int i = 0; i < MB; ++i) av[i] = load(at + j * lda + (mv0 + i) * VW);
+      for (int64_t j = 0; j < n; j += KG) {
+        X av[MB];
+        for (int i = 0; i < MB; ++i) av[i] = loadx(at + ((j / KG) * lda + (mv0 + i) * VW) * KG);
         for (int k = 0; k < NB; ++k) {
-          const V bv = splat(b[k][j]);
-          for (int i = 0; i < MB; ++i) acc[i][k] += av[i] * bv;
+          const X bv = bcast(b[k] + j);
+          for (int i = 0; i < MB; ++i) acc[i][k] = madd(acc[i][k], bv, av[i]);
         }
       }
       for (int k = 0; k < NB; ++k)
@@ -137,16 +179,65 @@ struct Kern {
 #pragma GCC pop_options
 #endif
 
+// Element conversion into the storage type S (from S itself or from its accumulator type).
+template <typename S, typename Src>
+S to_storage(Src v) {
+  if constexpr (std::is_same<S, Src>::value)
+    return v;
+  else
+    return SsdcElem<S>::narrow(v);
+}
+
+// Pair-interleaved copy of rows: dst[(g * ldd + lead + p) * KG + k] = src[(g * KG + k) * lds + p]
+// for g < ngroups, p < n; rows g * KG + k >= nrows read as zero.
+template <typename S, typename Src>
+void pack_rows(S* dst, int64_t ldd, int64_t lead, const Src* src, int64_t lds, int64_t nrows, int64_t ngroups,
+               int64_t n) {
+  constexpr int KG = SsdcElem<S>::KG;
+  for (int64_t g = 0; g < ngroups; ++g) {
+    S* d = dst + (g * ldd + lead) * KG;
+    if constexpr (KG == 1 && std::is_same<S, Src>::value) {
+      if (g < nrows)
+        std::memcpy(d, src + g * lds, sizeof(S) * n);
+      else
+        std::fill(d, d + n, S{});
+      continue;
+    }
+    for (int k = 0; k < KG; ++k) {
+      const int64_t row = g * KG + k;
+      const Src* s = src + row * lds;
+      if (row < nrows)
+        for (int64_t p = 0; p < n; ++p) d[p * KG + k] = to_storage<S>(s[p]);
+      else
+        for (int64_t p = 0; p < n; ++p) d[p * KG + k] = S{};
+    }
+  }
+}
+
+// Transposed copy for the gradient outer products: dst[((j / KG) * ldt + c) * KG + j % KG] =
+// src[c * lds + j] for c < nrows, j < n, and zero for n <= j < round_up(n, KG).
+template <typename S, typename Src>
+void transpose_rows(S* dst, int64_t ldt, const Src* src, int64_t lds, int64_t nrows, int64_t n) {
+  constexpr int KG = SsdcElem<S>::KG;
+  for (int64_t c = 0; c < nrows; ++c) {
+    const Src* s = src + c * lds;
+    for (int64_t j = 0; j < n; ++j) dst[((j / KG) * ldt + c) * KG + j % KG] = to_storage<S>(s[j]);
+    for (int64_t j = n; j < round_up(n, KG); ++j) dst[((j / KG) * ldt + c) * KG + j % KG] = S{};
+  }
+}
+
 // Everything a tile needs that does not change between tiles.
-template <typename T>
+template <typename S>
 struct Plan {
+  static constexpr int KG = SsdcElem<S>::KG;
   const SsdcArgs& a;
-  int64_t B, G, C, N, Wd, rows_total, D, Cp, TW, tiles_per_row, padmax, Lpmax, ldi, ldz;
+  int64_t B, G, C, CG, N, Wd, rows_total, D, Cp, TW, tiles_per_row, padmax, Lpmax, ldi, ldz;
   int NR, K;
-  T slope;
+  double slope;
 
   explicit Plan(const SsdcArgs& args) : a(args) {
     B = a.batch, G = a.groups, C = a.channels, D = a.ndil;
+    CG = (C + KG - 1) / KG;
     N = ssdc_numel(a);
     Wd = a.size[a.ndim - 1];
     rows_total = Wd > 0 ? N / Wd : 0;
@@ -157,10 +248,10 @@ struct Plan {
     tiles_per_row = TW > 0 ? (Wd + TW - 1) / TW : 0;
     padmax = 0;
     for (int i = 0; i < D; ++i) padmax = std::max(padmax, ssdc_row_pad(a.dilation[i], Wd));
-    Lpmax = round_up(std::max<int64_t>(TW, 1), Kern<T>::PB);
-    ldi = Lpmax + 2 * padmax + Kern<T>::PB;
+    Lpmax = round_up(std::max<int64_t>(TW, 1), Kern<S>::PB);
+    ldi = Lpmax + 2 * padmax + Kern<S>::PB;
     ldz = Lpmax;
-    slope = T(a.slope);
+    slope = a.slope;
   }
 
   // Valid outer taps of `row` at dilation d: their indices and source rows.
@@ -173,72 +264,99 @@ struct Plan {
     return n;
   }
 
-  // xb[ci][r][j] = x[ci, src[r], w0 - pad + j] (zero outside the row) for j < Lp + 2 pad.
-  void gather(T* xb, const T* xg, const int* rows, int nrows, const int64_t* src, int64_t w0, int64_t Lp,
+  // xr[ci][r][j] = x[ci, src[r], w0 - pad + j] (zero outside the row) for j < Lp + 2 pad; for KG > 1
+  // also their pair-interleaved copy xb[cg][r][j][k] = xr[cg * KG + k][r][j] (zero past C).
+  void gather(S* xr, S* xb, const S* xg, const int* rows, int nrows, const int64_t* src, int64_t w0, int64_t Lp,
               int64_t pad) const {
     const int64_t len = Lp + 2 * pad;
     const int64_t lo = std::max<int64_t>(0, pad - w0), hi = std::min<int64_t>(len, Wd - w0 + pad);
     for (int64_t ci = 0; ci < C; ++ci)
       for (int rr = 0; rr < nrows; ++rr) {
         const int r = rows[rr];
-        T* dst = xb + (ci * NR + r) * ldi;
-        const T* s = xg + ci * N + src[r] * Wd + (w0 - pad);
-        std::fill(dst, dst + lo, T(0));
-        if (hi > lo) std::memcpy(dst + lo, s + lo, sizeof(T) * (hi - lo));
-        std::fill(dst + std::max(lo, hi), dst + len, T(0));
+        S* dst = xr + (ci * NR + r) * ldi;
+        const S* s = xg + ci * N + src[r] * Wd + (w0 - pad);
+        std::fill(dst, dst + lo, S{});
+        if (hi > lo) std::memcpy(dst + lo, s + lo, sizeof(S) * (hi - lo));
+        std::fill(dst + std::max(lo, hi), dst + len, S{});
+      }
+    if constexpr (KG > 1)
+      for (int rr = 0; rr < nrows; ++rr) {
+        const int r = rows[rr];
+        for (int64_t cg = 0; cg < CG; ++cg)
+          pack_rows(xb + (cg * NR + r) * ldi * KG, 0, 0, xr + (cg * KG * NR + r) * ldi, NR * ldi,
+                    C - cg * KG, 1, len);
       }
   }
 
-  // Forward weights: wf[g][cob][ci][r][kw][i] = W[g*C + cob*COB + i][ci][r*3 + kw] (0 for padded rows).
-  std::vector<T> pack_conv(const T* w) const {
-    std::vector<T> p(size_t(G * Cp * C * K), T(0));
+  // The conv input: the plain rows for KG = 1, their pair-interleaved copy otherwise.
+  static const S* conv_input(const std::vector<S>& plain, const std::vector<S>& packed) {
+    return KG == 1 ? plain.data() : packed.data();
+  }
+
+  // Forward weights: wf[g][cob][cg][r][kw][i][k] = W[g*C + cob*COB + i][cg*KG + k][r*3 + kw] (0 past C).
+  std::vector<S> pack_conv(const S* w) const {
+    std::vector<S> p(size_t(G * Cp * CG * K * KG), S{});
     for (int64_t g = 0; g < G; ++g)
       for (int64_t co = 0; co < C; ++co)
         for (int64_t ci = 0; ci < C; ++ci)
           for (int k = 0; k < K; ++k)
-            p[(((g * (Cp / COB) + co / COB) * C + ci) * K + k) * COB + co % COB] =
+            p[((((g * (Cp / COB) + co / COB) * CG + ci / KG) * K + k) * COB + co % COB) * KG + ci % KG] =
                 w[((g * C + co) * C + ci) * K + k];
     return p;
   }
-  // 1x1 weights as a one-tap conv over Cp input rows: [g][d][cob][cin][3][COB] (only tap 0 used).
-  // transpose = false: out channel o, in channel co: rw[g*C + o][d*C + co]; true: swapped.
-  std::vector<T> pack_reduce(const T* rw, bool transpose) const {
-    std::vector<T> p(size_t(G * D * Cp * Cp * 3), T(0));
+  // 1x1 weights as a one-tap conv over Cp input rows: [g][d][cob][cin / KG][3][COB][KG] (only tap 0
+  // used). transpose = false: out channel o, in channel co: rw[g*C + o][d*C + co]; true: swapped.
+  std::vector<S> pack_reduce(const S* rw, bool transpose) const {
+    std::vector<S> p(size_t(G * D * Cp * Cp * 3), S{});
     for (int64_t g = 0; g < G; ++g)
       for (int64_t d = 0; d < D; ++d)
         for (int64_t o = 0; o < C; ++o)
           for (int64_t co = 0; co < C; ++co) {
-            const T v = rw[(g * C + o) * D * C + d * C + co];
+            const S v = rw[(g * C + o) * D * C + d * C + co];
             const int64_t out = transpose ? co : o, in = transpose ? o : co;
-            p[((((g * D + d) * (Cp / COB) + out / COB) * Cp + in) * 3) * COB + out % COB] = v;
+            p[(((((g * D + d) * (Cp / COB) + out / COB) * (Cp / KG) + in / KG) * 3) * COB + out % COB) * KG +
+              in % KG] = v;
           }
     return p;
   }
-  // grad-x weights per outer tap r: [g][r][cib][co][kw'][i] = W[g*C + co][cib*COB + i][r*3 + 2 - kw'].
-  std::vector<T> pack_transposed(const T* w) const {
-    std::vector<T> p(size_t(G * NR * Cp * Cp * 3), T(0));
+  // grad-x weights per outer tap r: [g][r][cib][co / KG][kw'][i][KG] = W[g*C + co][cib*COB + i][r*3 + 2 - kw'].
+  std::vector<S> pack_transposed(const S* w) const {
+    std::vector<S> p(size_t(G * NR * Cp * Cp * 3), S{});
     for (int64_t g = 0; g < G; ++g)
       for (int r = 0; r < NR; ++r)
         for (int64_t co = 0; co < C; ++co)
           for (int64_t ci = 0; ci < C; ++ci)
             for (int kw = 0; kw < 3; ++kw)
-              p[((((g * NR + r) * (Cp / COB) + ci / COB) * Cp + co) * 3 + kw) * COB + ci % COB] =
-                  w[((g * C + co) * C + ci) * K + r * 3 + (2 - kw)];
+              p[(((((g * NR + r) * (Cp / COB) + ci / COB) * (Cp / KG) + co / KG) * 3 + kw) * COB + ci % COB) * KG +
+                co % KG] = w[((g * C + co) * C + ci) * K + r * 3 + (2 - kw)];
     return p;
+  }
+  // A bias vector in the accumulation type.
+  static std::vector<typename SsdcElem<S>::Acc> widen(const S* v, int64_t n) {
+    std::vector<typename SsdcElem<S>::Acc> out{};
+    out.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = SsdcElem<S>::widen(v[i]);
+    return out;
   }
 };
 
-template <typename T>
-void forward(const SsdcArgs& args, const T* x, const T* w, const T* b, const T* rw, const T* rb, T* y,
+template <typename S>
+void forward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* rw, const S* rb, S* y,
              int threads) {
-  using KT = Kern<T>;
-  const Plan<T> P(args);
+  using KT = Kern<S>;
+  using A = typename KT::A;
+  constexpr int KG = KT::KG;
+  const Plan<S> P(args);
   if (P.B == 0 || P.G == 0 || P.C == 0 || P.N == 0) return;
-  const std::vector<T> wf = P.pack_conv(w), pf = P.pack_reduce(rw, false);
+  const std::vector<S> wf = P.pack_conv(w), pf = P.pack_reduce(rw, false);
+  const std::vector<A> bA = Plan<S>::widen(b, P.G * P.C), rbA = Plan<S>::widen(rb, P.G * P.C);
   const int64_t units = P.B * P.G * P.rows_total * P.tiles_per_row;
   const int64_t Cp = P.Cp, C = P.C, N = P.N, ldz = P.ldz;
+  const A slope = A(P.slope);
   parallel_for(units, threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> xb(size_t(C * P.NR * P.ldi), T(0)), z(size_t(Cp * ldz)), yt(size_t(Cp * ldz));
+    std::vector<S> xr(size_t(C * P.NR * P.ldi), S{}), xb(KG > 1 ? size_t(P.CG * P.NR * P.ldi * KG) : 0, S{}),
+        ap(KG > 1 ? size_t(Cp * ldz) : 0);
+    std::vector<A> z(size_t(Cp * ldz)), yt(size_t(Cp * ldz));
     int rows[9];
     int64_t src[9];
     const int zero_row[1] = {0};
@@ -246,50 +364,66 @@ void forward(const SsdcArgs& args, const T* x, const T* w, const T* b, const T* 
       const int64_t tile = u % P.tiles_per_row, rest = u / P.tiles_per_row;
       const int64_t row = rest % P.rows_total, bg = rest / P.rows_total, g = bg % P.G;
       const int64_t w0 = tile * P.TW, L = std::min(P.TW, P.Wd - w0), Lp = round_up(L, KT::PB);
-      const T* xg = x + bg * C * N;
+      const S* xg = x + bg * C * N;
       for (int64_t co = 0; co < Cp; ++co)
-        std::fill(yt.data() + co * ldz, yt.data() + co * ldz + Lp, co < C ? rb[g * C + co] : T(0));
+        std::fill(yt.data() + co * ldz, yt.data() + co * ldz + Lp, co < C ? rbA[g * C + co] : A(0));
       for (int64_t di = 0; di < P.D; ++di) {
         const int64_t d = args.dilation[di], pad = ssdc_row_pad(d, P.Wd);
         const int nrows = P.source_rows(row, d, rows, src);
-        P.gather(xb.data(), xg, rows, nrows, src, w0, Lp, pad);
+        P.gather(xr.data(), xb.data(), xg, rows, nrows, src, w0, Lp, pad);
         for (int64_t co = 0; co < Cp; ++co)
-          std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? b[g * C + co] : T(0));
-        KT::conv_tile(z.data(), ldz, Lp, Cp, xb.data(), C, P.NR, P.ldi, rows, nrows,
-                      wf.data() + g * Cp * C * P.K, pad > 0 ? 0 : 1, pad > 0 ? 3 : 2, pad, 0);
+          std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? bA[g * C + co] : A(0));
+        KT::conv_tile(z.data(), ldz, Lp, Cp, Plan<S>::conv_input(xr, xb), P.CG, P.NR, P.ldi, rows, nrows,
+                      wf.data() + g * Cp * P.CG * P.K * KG, pad > 0 ? 0 : 1, pad > 0 ? 3 : 2, pad, 0);
         for (int64_t co = 0; co < Cp; ++co) {
-          T* zr = z.data() + co * ldz;
-          for (int64_t j = 0; j < Lp; ++j) zr[j] = ssdc_leaky(zr[j], P.slope);
+          A* zr = z.data() + co * ldz;
+          for (int64_t j = 0; j < Lp; ++j) zr[j] = ssdc_leaky(zr[j], slope);
         }
-        KT::conv_tile(yt.data(), ldz, Lp, Cp, z.data(), Cp, 1, ldz, zero_row, 1,
+        const S* act;
+        if constexpr (KG == 1) {
+          act = z.data();
+        } else {
+          pack_rows(ap.data(), ldz, 0, z.data(), ldz, Cp, Cp / KG, Lp);
+          act = ap.data();
+        }
+        KT::conv_tile(yt.data(), ldz, Lp, Cp, act, Cp / KG, 1, ldz, zero_row, 1,
                       pf.data() + (g * P.D + di) * Cp * Cp * 3, 0, 1, 0, 0);
       }
-      T* yg = y + bg * C * N + row * P.Wd + w0;
-      for (int64_t co = 0; co < C; ++co) std::memcpy(yg + co * N, yt.data() + co * ldz, sizeof(T) * L);
+      S* yg = y + bg * C * N + row * P.Wd + w0;
+      for (int64_t co = 0; co < C; ++co) {
+        const A* s = yt.data() + co * ldz;
+        for (int64_t j = 0; j < L; ++j) yg[co * N + j] = to_storage<S>(s[j]);
+      }
     }
   });
 }
 
-template <typename T>
-void backward(const SsdcArgs& args, const T* x, const T* w, const T* b, const T* rw, const T* gy, T* gx,
-              T* gw, T* gb, T* grw, T* grb, int threads) {
-  using KT = Kern<T>;
-  const Plan<T> P(args);
-  const int64_t G = P.G, C = P.C, N = P.N, D = P.D, K = P.K, NR = P.NR, Cp = P.Cp, ldz = P.ldz;
+template <typename S>
+void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* rw, const S* gy, S* gx,
+              S* gw, S* gb, S* grw, S* grb, int threads) {
+  using KT = Kern<S>;
+  using A = typename KT::A;
+  using E = SsdcElem<S>;
+  constexpr int KG = KT::KG;
+  constexpr bool kSumInGx = std::is_same<S, A>::value;  // grad x summed in place (else in a float32 slice)
+  const Plan<S> P(args);
+  const int64_t G = P.G, C = P.C, CG = P.CG, N = P.N, D = P.D, K = P.K, NR = P.NR, Cp = P.Cp, ldz = P.ldz;
   const int64_t nw = G * C * C * K, nb = G * C, nrw = G * C * D * C;
   // Gradient accumulators keep the reduced-over channel contiguous (padded to Mp) so that the
   // micro-kernel vectorises along it: aw [g][ci][k][co], arw [g][d][co][o].
-  const int64_t Mp = round_up(std::max<int64_t>(C, 1), 4 * Kern<T>::VW);
+  const int64_t Mp = round_up(std::max<int64_t>(C, 1), 4 * Kern<S>::VW);
   const int64_t naw = G * C * K * Mp, narw = G * D * C * Mp;
-  std::fill(gx, gx + P.B * G * C * N, T(0));
+  std::fill(gx, gx + P.B * G * C * N, S{});
   if (P.B == 0 || G == 0 || C == 0 || N == 0) {
-    std::fill(gw, gw + nw, T(0));
-    std::fill(gb, gb + nb, T(0));
-    std::fill(grw, grw + nrw, T(0));
-    std::fill(grb, grb + nb, T(0));
+    std::fill(gw, gw + nw, S{});
+    std::fill(gb, gb + nb, S{});
+    std::fill(grw, grw + nrw, S{});
+    std::fill(grb, grb + nb, S{});
     return;
   }
-  const std::vector<T> wf = P.pack_conv(w), pt = P.pack_reduce(rw, true), wt = P.pack_transposed(w);
+  const std::vector<S> wf = P.pack_conv(w), pt = P.pack_reduce(rw, true), wt = P.pack_transposed(w);
+  const std::vector<A> bA = Plan<S>::widen(b, G * C);
+  const A slope = A(P.slope);
   const int64_t units = P.B * G;
   const int64_t chunks = parallel_chunks(units, threads, 1);
   // Per-chunk float64 accumulators: [aw | gb | arw | grb].
@@ -297,136 +431,152 @@ void backward(const SsdcArgs& args, const T* x, const T* w, const T* b, const T*
   std::vector<std::vector<double>> acc(static_cast<size_t>(chunks));
   const int64_t ldg = P.Lpmax + 4 * P.padmax + 2 * KT::PB;
   const int64_t ldx = round_up(P.Lpmax + 2 * P.padmax, KT::PB);
+  const int64_t Lt = round_up(P.Lpmax, KG);  // positions of the transposed tiles
   parallel_for_chunks(units, threads, 1, [&](int64_t chunk, int64_t begin, int64_t end) {
-    std::vector<double>& A = acc[size_t(chunk)];
-    A.assign(size_t(nacc), 0.0);
-    double* aw = A.data();
+    std::vector<double>& Acc = acc[size_t(chunk)];
+    Acc.assign(size_t(nacc), 0.0);
+    double* aw = Acc.data();
     double* ab = aw + naw;
     double* arw = ab + nb;
     double* arb = arw + narw;
-    std::vector<T> xb(size_t(C * NR * P.ldi), T(0)), z(size_t(Cp * ldz)), gyt(size_t(Cp * ldz)),
-        gz(size_t(Cp * ldz)), gzp(size_t(Cp * ldg), T(0)), gxr(size_t(Cp * ldx)),
-        gyt_t(size_t(P.Lpmax * Mp), T(0)), gz_t(size_t(P.Lpmax * Mp), T(0));
+    std::vector<S> xr(size_t(C * NR * P.ldi), S{}), xb(KG > 1 ? size_t(CG * NR * P.ldi * KG) : 0, S{}),
+        gyt(size_t(Cp * ldz)), gzp(size_t(Cp * ldg), S{}), as(KG > 1 ? size_t(Cp * ldz) : 0),
+        gyt_t(size_t(Lt * Mp), S{}), gz_t(size_t(Lt * Mp), S{});
+    std::vector<A> z(size_t(Cp * ldz)), gz(size_t(Cp * ldz)), gxr(size_t(Cp * ldx)),
+        gxs(kSumInGx ? 0 : size_t(C * N));
     int rows[9];
     int64_t src[9];
     const int zero_row[1] = {0};
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t g = bg % G;
-      const T* xg = x + bg * C * N;
-      const T* gyg = gy + bg * C * N;
-      T* gxg = gx + bg * C * N;
+      const S* xg = x + bg * C * N;
+      const S* gyg = gy + bg * C * N;
+      A* gxa;
+      if constexpr (kSumInGx) {
+        gxa = gx + bg * C * N;
+      } else {
+        gxa = gxs.data();
+        std::fill(gxs.begin(), gxs.end(), A(0));
+      }
       for (int64_t row = 0; row < P.rows_total; ++row)
         for (int64_t tile = 0; tile < P.tiles_per_row; ++tile) {
           const int64_t w0 = tile * P.TW, L = std::min(P.TW, P.Wd - w0), Lp = round_up(L, KT::PB);
-          std::fill(gyt.begin(), gyt.end(), T(0));
+          const S* gys = gyg + row * P.Wd + w0;
+          std::fill(gyt.begin(), gyt.end(), S{});
+          pack_rows(gyt.data(), ldz, 0, gys, N, C, Cp / KG, L);
+          transpose_rows(gyt_t.data(), Mp, gys, N, C, L);
           for (int64_t co = 0; co < C; ++co) {
-            const T* s = gyg + co * N + row * P.Wd + w0;
-            std::memcpy(gyt.data() + co * ldz, s, sizeof(T) * L);
             double t = 0;
-            for (int64_t j = 0; j < L; ++j) {
-              t += double(s[j]);
-              gyt_t[j * Mp + co] = s[j];
-            }
+            for (int64_t j = 0; j < L; ++j) t += double(E::widen(gys[co * N + j]));
             arb[g * C + co] += t;
           }
           for (int64_t di = 0; di < D; ++di) {
             const int64_t d = args.dilation[di], pad = ssdc_row_pad(d, P.Wd);
             const int kw_lo = pad > 0 ? 0 : 1, kw_hi = pad > 0 ? 3 : 2;
             const int nrows = P.source_rows(row, d, rows, src);
-            P.gather(xb.data(), xg, rows, nrows, src, w0, Lp, pad);
+            P.gather(xr.data(), xb.data(), xg, rows, nrows, src, w0, Lp, pad);
             // Recompute z_d = conv_d(x) + b.
             for (int64_t co = 0; co < Cp; ++co)
-              std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? b[g * C + co] : T(0));
-            KT::conv_tile(z.data(), ldz, Lp, Cp, xb.data(), C, P.NR, P.ldi, rows, nrows,
-                          wf.data() + g * Cp * C * K, kw_lo, kw_hi, pad, 0);
+              std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? bA[g * C + co] : A(0));
+            KT::conv_tile(z.data(), ldz, Lp, Cp, Plan<S>::conv_input(xr, xb), CG, P.NR, P.ldi, rows, nrows,
+                          wf.data() + g * Cp * CG * K * KG, kw_lo, kw_hi, pad, 0);
             // ga = P_d^T gy; gz = LeakyReLU'(z) ga (0 past the tile); z <- a = LeakyReLU(z).
-            std::fill(gz.begin(), gz.end(), T(0));
-            KT::conv_tile(gz.data(), ldz, Lp, Cp, gyt.data(), Cp, 1, ldz, zero_row, 1,
+            std::fill(gz.begin(), gz.end(), A(0));
+            KT::conv_tile(gz.data(), ldz, Lp, Cp, gyt.data(), Cp / KG, 1, ldz, zero_row, 1,
                           pt.data() + (g * D + di) * Cp * Cp * 3, 0, 1, 0, 0);
             for (int64_t co = 0; co < Cp; ++co) {
-              T* zr = z.data() + co * ldz;
-              T* gr = gz.data() + co * ldz;
+              A* zr = z.data() + co * ldz;
+              A* gr = gz.data() + co * ldz;
               double s = 0;
               for (int64_t j = 0; j < Lp; ++j) {
-                const T gzv = j < L && co < C ? ssdc_leaky_backward(zr[j], gr[j], P.slope) : T(0);
+                const A gzv = j < L && co < C ? ssdc_leaky_backward(zr[j], gr[j], slope) : A(0);
                 gr[j] = gzv;
-                zr[j] = ssdc_leaky(zr[j], P.slope);
+                zr[j] = ssdc_leaky(zr[j], slope);
                 s += double(gzv);
               }
               if (co < C) ab[g * C + co] += s;
             }
+            // The activations as the forward's reduction saw them (rounded to S).
+            const S* act;
+            if constexpr (KG == 1) {
+              act = z.data();
+            } else {
+              for (int64_t i = 0; i < Cp * ldz; ++i) as[size_t(i)] = E::narrow(z[size_t(i)]);
+              act = as.data();
+            }
             // grad P_d[o][co] += sum_j gy[o][j] a[co][j]  (vectors along o: arw is [g][d][co][o]).
             for (int64_t co0 = 0; co0 < C; co0 += 4) {
-              const int nb = int(std::min<int64_t>(4, C - co0));
-              const T* br[4];
+              const int nb4 = int(std::min<int64_t>(4, C - co0));
+              const S* br[4];
               double* orow[4];
-              for (int k = 0; k < nb; ++k) {
-                br[k] = z.data() + (co0 + k) * ldz;
+              for (int k = 0; k < nb4; ++k) {
+                br[k] = act + (co0 + k) * ldz;
                 orow[k] = arw + ((g * D + di) * C + co0 + k) * Mp;
               }
-              if (nb == 4)
+              if (nb4 == 4)
                 KT::template outer<4>(gyt_t.data(), Mp, Mp / KT::VW, br, L, orow);
               else
-                for (int k = 0; k < nb; ++k) KT::template outer<1>(gyt_t.data(), Mp, Mp / KT::VW, br + k, L, orow + k);
+                for (int k = 0; k < nb4; ++k) KT::template outer<1>(gyt_t.data(), Mp, Mp / KT::VW, br + k, L, orow + k);
             }
-            // grad W[co][ci][r*3 + kw] += sum_j gz[co][j] xb[ci][r][j + kw pad]  (aw is [g][ci][k][co]).
-            for (int64_t co = 0; co < C; ++co) {
-              const T* gr = gz.data() + co * ldz;
-              for (int64_t j = 0; j < L; ++j) gz_t[j * Mp + co] = gr[j];
-            }
+            // grad W[co][ci][r*3 + kw] += sum_j gz[co][j] xr[ci][r][j + kw pad]  (aw is [g][ci][k][co]).
+            transpose_rows(gz_t.data(), Mp, gz.data(), ldz, C, L);
             {
-              const T* br[4];
+              const S* br[4];
               double* orow[4];
-              int nb = 0;
+              int nb4 = 0;
               auto flush = [&] {
-                if (nb == 4)
+                if (nb4 == 4)
                   KT::template outer<4>(gz_t.data(), Mp, Mp / KT::VW, br, L, orow);
                 else
-                  for (int k = 0; k < nb; ++k) KT::template outer<1>(gz_t.data(), Mp, Mp / KT::VW, br + k, L, orow + k);
-                nb = 0;
+                  for (int k = 0; k < nb4; ++k) KT::template outer<1>(gz_t.data(), Mp, Mp / KT::VW, br + k, L, orow + k);
+                nb4 = 0;
               };
               for (int64_t ci = 0; ci < C; ++ci)
                 for (int rr = 0; rr < nrows; ++rr) {
                   const int r = rows[rr];
-                  const T* xr = xb.data() + (ci * NR + r) * P.ldi;
+                  const S* xrow = xr.data() + (ci * NR + r) * P.ldi;
                   for (int kw = kw_lo; kw < kw_hi; ++kw) {
-                    br[nb] = xr + kw * pad;
-                    orow[nb] = aw + ((g * C + ci) * K + r * 3 + kw) * Mp;
-                    if (++nb == 4) flush();
+                    br[nb4] = xrow + kw * pad;
+                    orow[nb4] = aw + ((g * C + ci) * K + r * 3 + kw) * Mp;
+                    if (++nb4 == 4) flush();
                   }
                 }
-              if (nb) flush();
+              if (nb4) flush();
             }
             // grad x: for each source row, gxr[ci][t - t_lo] = sum_kw sum_co W[co][ci][r][kw] gz[co][t - kw pad]
             // for the columns t (x column w0 - pad + t) inside the image.
             const int64_t lead = 2 * pad;
-            for (int64_t co = 0; co < Cp; ++co) {
-              T* dst = gzp.data() + co * ldg;
-              std::fill(dst, dst + lead, T(0));
-              std::memcpy(dst + lead, gz.data() + co * ldz, sizeof(T) * Lp);
-              std::fill(dst + lead + Lp, dst + ldg, T(0));
+            for (int64_t cg = 0; cg < Cp / KG; ++cg) {
+              S* dst = gzp.data() + cg * ldg * KG;
+              std::fill(dst, dst + lead * KG, S{});
+              std::fill(dst + (lead + Lp) * KG, dst + ldg * KG, S{});
             }
+            pack_rows(gzp.data(), ldg, lead, gz.data(), ldz, Cp, Cp / KG, Lp);
             const int64_t t_lo = std::max<int64_t>(0, pad - w0), t_hi = std::min<int64_t>(L + 2 * pad, P.Wd - w0 + pad);
             const int64_t n = t_hi - t_lo, npos = round_up(n, KT::PB);
             for (int rr = 0; rr < nrows; ++rr) {
               const int r = rows[rr];
-              std::fill(gxr.begin(), gxr.begin() + Cp * ldx, T(0));
-              KT::conv_tile(gxr.data(), ldx, npos, Cp, gzp.data(), Cp, 1, ldg, zero_row, 1,
+              std::fill(gxr.begin(), gxr.begin() + Cp * ldx, A(0));
+              KT::conv_tile(gxr.data(), ldx, npos, Cp, gzp.data(), Cp / KG, 1, ldg, zero_row, 1,
                             wt.data() + (g * NR + r) * Cp * Cp * 3, kw_lo, kw_hi, pad, t_lo);
               for (int64_t ci = 0; ci < C; ++ci) {
-                T* dst = gxg + ci * N + src[r] * P.Wd + (w0 - pad + t_lo);
-                const T* s = gxr.data() + ci * ldx;
+                A* dst = gxa + ci * N + src[r] * P.Wd + (w0 - pad + t_lo);
+                const A* s = gxr.data() + ci * ldx;
                 for (int64_t t = 0; t < n; ++t) dst[t] += s[t];
               }
             }
           }
         }
+      if constexpr (!kSumInGx) {
+        S* out = gx + bg * C * N;
+        for (int64_t i = 0; i < C * N; ++i) out[i] = E::narrow(gxs[size_t(i)]);
+      }
     }
   });
   // Reduce the chunks in order (deterministic for a given thread count).
   std::vector<double> total(size_t(nacc), 0.0);
-  for (const auto& A : acc)
-    for (int64_t i = 0; i < nacc; ++i) total[size_t(i)] += A[size_t(i)];
+  for (const auto& Acc : acc)
+    for (int64_t i = 0; i < nacc; ++i) total[size_t(i)] += Acc[size_t(i)];
   const double* tw = total.data();
   const double* tb = tw + naw;
   const double* trw = tb + nb;
@@ -434,39 +584,53 @@ void backward(const SsdcArgs& args, const T* x, const T* w, const T* b, const T*
   for (int64_t g = 0; g < G; ++g)
     for (int64_t co = 0; co < C; ++co) {
       for (int64_t ci = 0; ci < C; ++ci)
-        for (int64_t k = 0; k < K; ++k) gw[((g * C + co) * C + ci) * K + k] = T(tw[((g * C + ci) * K + k) * Mp + co]);
+        for (int64_t k = 0; k < K; ++k)
+          gw[((g * C + co) * C + ci) * K + k] = E::from_double(tw[((g * C + ci) * K + k) * Mp + co]);
       for (int64_t d = 0; d < D; ++d)
-        for (int64_t c2 = 0; c2 < C; ++c2) grw[(g * C + co) * D * C + d * C + c2] = T(trw[((g * D + d) * C + c2) * Mp + co]);
+        for (int64_t c2 = 0; c2 < C; ++c2)
+          grw[(g * C + co) * D * C + d * C + c2] = E::from_double(trw[((g * D + d) * C + c2) * Mp + co]);
     }
-  for (int64_t i = 0; i < nb; ++i) gb[i] = T(tb[i]);
-  for (int64_t i = 0; i < nb; ++i) grb[i] = T(trb[i]);
+  for (int64_t i = 0; i < nb; ++i) gb[i] = E::from_double(tb[i]);
+  for (int64_t i = 0; i < nb; ++i) grb[i] = E::from_double(trb[i]);
+}
+
+// The entry points for one element type.
+template <typename S>
+void forward_as(const SsdcArgs& a, const void* x, const void* w, const void* b, const void* rw, const void* rb,
+                void* y, int threads) {
+  forward<S>(a, static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b),
+             static_cast<const S*>(rw), static_cast<const S*>(rb), static_cast<S*>(y), threads);
+}
+
+template <typename S>
+void backward_as(const SsdcArgs& a, const void* x, const void* w, const void* b, const void* rw, const void* gy,
+                 void* gx, void* gw, void* gb, void* grw, void* grb, int threads) {
+  backward<S>(a, static_cast<const S*>(x), static_cast<const S*>(w), static_cast<const S*>(b),
+              static_cast<const S*>(rw), static_cast<const S*>(gy), static_cast<S*>(gx), static_cast<S*>(gw),
+              static_cast<S*>(gb), static_cast<S*>(grw), static_cast<S*>(grb), threads);
 }
 
 }  // namespace
 
+// dtype codes of entry.h: 0 float32, 1 float64, 3 bfloat16 (the dispatcher in ssdc_cpu.cpp checks).
 void forward(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b, const void* rw,
              const void* rb, void* y, int threads) {
-  if (dtype == 0)
-    forward<float>(a, static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
-                   static_cast<const float*>(rw), static_cast<const float*>(rb), static_cast<float*>(y), threads);
-  else
-    forward<double>(a, static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
-                    static_cast<const double*>(rw), static_cast<const double*>(rb), static_cast<double*>(y),
-                    threads);
+#ifndef RDC_SSDC_BF16_ONLY
+  if (dtype == 0) return forward_as<float>(a, x, w, b, rw, rb, y, threads);
+  if (dtype == 1) return forward_as<double>(a, x, w, b, rw, rb, y, threads);
+#endif
+  (void)dtype;
+  forward_as<SsdcBf16>(a, x, w, b, rw, rb, y, threads);
 }
 
 void backward(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b, const void* rw,
               const void* gy, void* gx, void* gw, void* gb, void* grw, void* grb, int threads) {
-  if (dtype == 0)
-    backward<float>(a, static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
-                    static_cast<const float*>(rw), static_cast<const float*>(gy), static_cast<float*>(gx),
-                    static_cast<float*>(gw), static_cast<float*>(gb), static_cast<float*>(grw),
-                    static_cast<float*>(grb), threads);
-  else
-    backward<double>(a, static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
-                     static_cast<const double*>(rw), static_cast<const double*>(gy), static_cast<double*>(gx),
-                     static_cast<double*>(gw), static_cast<double*>(gb), static_cast<double*>(grw),
-                     static_cast<double*>(grb), threads);
+#ifndef RDC_SSDC_BF16_ONLY
+  if (dtype == 0) return backward_as<float>(a, x, w, b, rw, gy, gx, gw, gb, grw, grb, threads);
+  if (dtype == 1) return backward_as<double>(a, x, w, b, rw, gy, gx, gw, gb, grw, grb, threads);
+#endif
+  (void)dtype;
+  backward_as<SsdcBf16>(a, x, w, b, rw, gy, gx, gw, gb, grw, grb, threads);
 }
 
 }  // namespace RDC_SSDC_NS
