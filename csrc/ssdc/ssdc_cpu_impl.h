@@ -173,56 +173,138 @@ struct Kern {
         }
     }
   }
+
+  // LeakyReLU of a row, in place, n a multiple of VW. (Vector selects: a scalar `z > 0 ? z : z * s`
+  // stays a branch under GCC's default -ftrapping-math, mispredicted half the time.)
+  static void leaky(A* z, int64_t n, A slope) {
+    for (int64_t p = 0; p < n; p += VW) {
+      const V v = load(z + p);
+      store(z + p, v > V{} ? v : v * slope);
+    }
+  }
+  // g <- LeakyReLU'(z) g for p < L and 0 for L <= p < n, z <- LeakyReLU(z), n a multiple of VW;
+  // returns the sum of the new g (float64 over the lanes).
+  static double leaky_backward(A* z, A* g, int64_t L, int64_t n, A slope) {
+    V sum = {};
+    int64_t p = 0;
+    for (; p + VW <= L; p += VW) {
+      const V zv = load(z + p), gv = load(g + p);
+      const V gz = zv > V{} ? gv : gv * slope;
+      store(g + p, gz);
+      store(z + p, zv > V{} ? zv : zv * slope);
+      sum += gz;
+    }
+    double total = 0;
+    for (int l = 0; l < VW; ++l) total += double(sum[l]);
+    for (; p < n; ++p) {
+      const A gz = p < L ? ssdc_leaky_backward(z[p], g[p], slope) : A(0);
+      g[p] = gz;
+      z[p] = ssdc_leaky(z[p], slope);
+      total += double(gz);
+    }
+    return total;
+  }
+
+  // ---- bfloat16 conversions (KG = 2), vectorised for this variant's instruction set ------------
+  typedef uint16_t H __attribute__((vector_size(RDC_SSDC_VB / 2)));  // VW bf16
+
+  // The bf16 (low 16 bits of each lane) nearest to each float32 lane, ties to even; NaN stays NaN.
+  static X round_bf16(const V& v) {
+#if defined(RDC_SSDC_NATIVE_BF16)
+    return __builtin_convertvector((H)_mm512_cvtneps_pbh((__m512)v), X);
+#else
+    const X u = (X)v;
+    const X rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const X nan = (X)((u & 0x7fffffffu) > 0x7f800000u);  // all ones where NaN
+    return (nan & ((u >> 16) | 0x40u)) | (~nan & rounded);
+#endif
+  }
+  static U round_bf16(A v) { return U(SsdcElem<S>::narrow(v).bits); }
+  static X widen_h(const S* p) {
+    H h;
+    std::memcpy(&h, p, sizeof(H));
+    return __builtin_convertvector(h, X);
+  }
+  template <typename Src>
+  static X to_pairs(const Src* p) {
+    if constexpr (std::is_same<Src, S>::value)
+      return widen_h(p);
+    else
+      return round_bf16(load(p));
+  }
+  template <typename Src>
+  static U to_pair(const Src* p) {
+    if constexpr (std::is_same<Src, S>::value)
+      return p->bits;
+    else
+      return round_bf16(*p);
+  }
+
+  // dst[p] = (a[p], b[p]) as one pair of bf16 for p < n; a or b == nullptr reads as zeros. Src is
+  // S or float32 (rounded to bf16).
+  template <typename Src>
+  static void interleave(S* dst, const Src* a, const Src* b, int64_t n) {
+    if (!a) {
+      std::memset(static_cast<void*>(dst), 0, sizeof(S) * 2 * size_t(n));
+      return;
+    }
+    int64_t p = 0;
+    for (; p + VW <= n; p += VW) {
+      const X lo = to_pairs(a + p), hi = b ? to_pairs(b + p) : X{};
+      const X pair = lo | (hi << 16);
+      std::memcpy(dst + 2 * p, &pair, sizeof(X));
+    }
+    for (; p < n; ++p) {
+      const U pair = to_pair(a + p) | (b ? to_pair(b + p) << 16 : 0u);
+      std::memcpy(dst + 2 * p, &pair, sizeof(U));
+    }
+  }
+  // dst[p] = bf16(src[p]) for p < n.
+  static void narrow_row(S* dst, const A* src, int64_t n) {
+    int64_t p = 0;
+    for (; p + VW <= n; p += VW) {
+      const H h = __builtin_convertvector(round_bf16(load(src + p)), H);
+      std::memcpy(dst + p, &h, sizeof(H));
+    }
+    for (; p < n; ++p) dst[p] = SsdcElem<S>::narrow(src[p]);
+  }
 };
 
 #ifdef RDC_SSDC_TARGET_PRAGMA
 #pragma GCC pop_options
 #endif
 
-// Element conversion into the storage type S (from S itself or from its accumulator type).
-template <typename S, typename Src>
-S to_storage(Src v) {
-  if constexpr (std::is_same<S, Src>::value)
-    return v;
-  else
-    return SsdcElem<S>::narrow(v);
-}
-
 // Pair-interleaved copy of rows: dst[(g * ldd + lead + p) * KG + k] = src[(g * KG + k) * lds + p]
-// for g < ngroups, p < n; rows g * KG + k >= nrows read as zero.
+// for g < ngroups, p < n; rows g * KG + k >= nrows read as zero. Src is S or (KG > 1) float32,
+// rounded to S.
 template <typename S, typename Src>
 void pack_rows(S* dst, int64_t ldd, int64_t lead, const Src* src, int64_t lds, int64_t nrows, int64_t ngroups,
                int64_t n) {
   constexpr int KG = SsdcElem<S>::KG;
   for (int64_t g = 0; g < ngroups; ++g) {
     S* d = dst + (g * ldd + lead) * KG;
-    if constexpr (KG == 1 && std::is_same<S, Src>::value) {
+    if constexpr (KG == 1) {
       if (g < nrows)
         std::memcpy(d, src + g * lds, sizeof(S) * n);
       else
         std::fill(d, d + n, S{});
-      continue;
-    }
-    for (int k = 0; k < KG; ++k) {
-      const int64_t row = g * KG + k;
-      const Src* s = src + row * lds;
-      if (row < nrows)
-        for (int64_t p = 0; p < n; ++p) d[p * KG + k] = to_storage<S>(s[p]);
-      else
-        for (int64_t p = 0; p < n; ++p) d[p * KG + k] = S{};
+    } else {
+      Kern<S>::interleave(d, g * KG < nrows ? src + g * KG * lds : nullptr,
+                          g * KG + 1 < nrows ? src + (g * KG + 1) * lds : nullptr, n);
     }
   }
 }
 
 // Transposed copy for the gradient outer products: dst[((j / KG) * ldt + c) * KG + j % KG] =
 // src[c * lds + j] for c < nrows, j < n, and zero for n <= j < round_up(n, KG).
-template <typename S, typename Src>
-void transpose_rows(S* dst, int64_t ldt, const Src* src, int64_t lds, int64_t nrows, int64_t n) {
+template <typename S>
+void transpose_rows(S* dst, int64_t ldt, const S* src, int64_t lds, int64_t nrows, int64_t n) {
   constexpr int KG = SsdcElem<S>::KG;
+  const int64_t full = n / KG * KG;
   for (int64_t c = 0; c < nrows; ++c) {
-    const Src* s = src + c * lds;
-    for (int64_t j = 0; j < n; ++j) dst[((j / KG) * ldt + c) * KG + j % KG] = to_storage<S>(s[j]);
-    for (int64_t j = n; j < round_up(n, KG); ++j) dst[((j / KG) * ldt + c) * KG + j % KG] = S{};
+    const S* s = src + c * lds;
+    for (int64_t j = 0; j < full; j += KG) std::memcpy(dst + ((j / KG) * ldt + c) * KG, s + j, sizeof(S) * KG);
+    for (int64_t j = full; j < round_up(n, KG); ++j) dst[((j / KG) * ldt + c) * KG + j % KG] = j < n ? s[j] : S{};
   }
 }
 
@@ -264,28 +346,32 @@ struct Plan {
     return n;
   }
 
-  // xr[ci][r][j] = x[ci, src[r], w0 - pad + j] (zero outside the row) for j < Lp + 2 pad; for KG > 1
-  // also their pair-interleaved copy xb[cg][r][j][k] = xr[cg * KG + k][r][j] (zero past C).
+  // xr[ci][r][j] = x[ci, src[r], w0 - pad + j] (zero outside the row) for j < Lp + 2 pad (for
+  // KG > 1 only when xr is not null), and for KG > 1 their pair-interleaved copy
+  // xb[cg][r][j][k] = xr[cg * KG + k][r][j] (zero past C).
   void gather(S* xr, S* xb, const S* xg, const int* rows, int nrows, const int64_t* src, int64_t w0, int64_t Lp,
               int64_t pad) const {
     const int64_t len = Lp + 2 * pad;
-    const int64_t lo = std::max<int64_t>(0, pad - w0), hi = std::min<int64_t>(len, Wd - w0 + pad);
-    for (int64_t ci = 0; ci < C; ++ci)
-      for (int rr = 0; rr < nrows; ++rr) {
-        const int r = rows[rr];
-        S* dst = xr + (ci * NR + r) * ldi;
-        const S* s = xg + ci * N + src[r] * Wd + (w0 - pad);
-        std::fill(dst, dst + lo, S{});
-        if (hi > lo) std::memcpy(dst + lo, s + lo, sizeof(S) * (hi - lo));
-        std::fill(dst + std::max(lo, hi), dst + len, S{});
-      }
-    if constexpr (KG > 1)
-      for (int rr = 0; rr < nrows; ++rr) {
-        const int r = rows[rr];
-        for (int64_t cg = 0; cg < CG; ++cg)
-          pack_rows(xb + (cg * NR + r) * ldi * KG, 0, 0, xr + (cg * KG * NR + r) * ldi, NR * ldi,
-                    C - cg * KG, 1, len);
-      }
+    const int64_t lo = std::max<int64_t>(0, pad - w0), hi = std::max(lo, std::min<int64_t>(len, Wd - w0 + pad));
+    for (int rr = 0; rr < nrows; ++rr) {
+      const int r = rows[rr];
+      const S* s = xg + src[r] * Wd + (w0 - pad);
+      if (KG == 1 || xr)
+        for (int64_t ci = 0; ci < C; ++ci) {
+          S* dst = xr + (ci * NR + r) * ldi;
+          std::fill(dst, dst + lo, S{});
+          std::memcpy(dst + lo, s + ci * N + lo, sizeof(S) * (hi - lo));
+          std::fill(dst + hi, dst + len, S{});
+        }
+      if constexpr (KG > 1)
+        for (int64_t cg = 0; cg < CG; ++cg) {
+          S* dst = xb + (cg * NR + r) * ldi * KG;
+          std::fill(dst, dst + lo * KG, S{});
+          const int64_t c0 = cg * KG;
+          Kern<S>::interleave(dst + lo * KG, s + c0 * N + lo, c0 + 1 < C ? s + (c0 + 1) * N + lo : nullptr, hi - lo);
+          std::fill(dst + hi * KG, dst + len * KG, S{});
+        }
+    }
   }
 
   // The conv input: the plain rows for KG = 1, their pair-interleaved copy otherwise.
@@ -354,8 +440,8 @@ void forward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* 
   const int64_t Cp = P.Cp, C = P.C, N = P.N, ldz = P.ldz;
   const A slope = A(P.slope);
   parallel_for(units, threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<S> xr(size_t(C * P.NR * P.ldi), S{}), xb(KG > 1 ? size_t(P.CG * P.NR * P.ldi * KG) : 0, S{}),
-        ap(KG > 1 ? size_t(Cp * ldz) : 0);
+    std::vector<S> xr(KG == 1 ? size_t(C * P.NR * P.ldi) : 0, S{}),
+        xb(KG > 1 ? size_t(P.CG * P.NR * P.ldi * KG) : 0, S{}), ap(KG > 1 ? size_t(Cp * ldz) : 0);
     std::vector<A> z(size_t(Cp * ldz)), yt(size_t(Cp * ldz));
     int rows[9];
     int64_t src[9];
@@ -370,15 +456,12 @@ void forward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* 
       for (int64_t di = 0; di < P.D; ++di) {
         const int64_t d = args.dilation[di], pad = ssdc_row_pad(d, P.Wd);
         const int nrows = P.source_rows(row, d, rows, src);
-        P.gather(xr.data(), xb.data(), xg, rows, nrows, src, w0, Lp, pad);
+        P.gather(KG == 1 ? xr.data() : nullptr, xb.data(), xg, rows, nrows, src, w0, Lp, pad);
         for (int64_t co = 0; co < Cp; ++co)
           std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? bA[g * C + co] : A(0));
         KT::conv_tile(z.data(), ldz, Lp, Cp, Plan<S>::conv_input(xr, xb), P.CG, P.NR, P.ldi, rows, nrows,
                       wf.data() + g * Cp * P.CG * P.K * KG, pad > 0 ? 0 : 1, pad > 0 ? 3 : 2, pad, 0);
-        for (int64_t co = 0; co < Cp; ++co) {
-          A* zr = z.data() + co * ldz;
-          for (int64_t j = 0; j < Lp; ++j) zr[j] = ssdc_leaky(zr[j], slope);
-        }
+        for (int64_t co = 0; co < Cp; ++co) KT::leaky(z.data() + co * ldz, Lp, slope);
         const S* act;
         if constexpr (KG == 1) {
           act = z.data();
@@ -391,8 +474,10 @@ void forward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* 
       }
       S* yg = y + bg * C * N + row * P.Wd + w0;
       for (int64_t co = 0; co < C; ++co) {
-        const A* s = yt.data() + co * ldz;
-        for (int64_t j = 0; j < L; ++j) yg[co * N + j] = to_storage<S>(s[j]);
+        if constexpr (KG == 1)
+          std::memcpy(yg + co * N, yt.data() + co * ldz, sizeof(S) * L);
+        else
+          KT::narrow_row(yg + co * N, yt.data() + co * ldz, L);
       }
     }
   });
@@ -441,6 +526,7 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
     double* arb = arw + narw;
     std::vector<S> xr(size_t(C * NR * P.ldi), S{}), xb(KG > 1 ? size_t(CG * NR * P.ldi * KG) : 0, S{}),
         gyt(size_t(Cp * ldz)), gzp(size_t(Cp * ldg), S{}), as(KG > 1 ? size_t(Cp * ldz) : 0),
+        gzs(KG > 1 ? size_t(Cp * ldz) : 0),
         gyt_t(size_t(Lt * Mp), S{}), gz_t(size_t(Lt * Mp), S{});
     std::vector<A> z(size_t(Cp * ldz)), gz(size_t(Cp * ldz)), gxr(size_t(Cp * ldx)),
         gxs(kSumInGx ? 0 : size_t(C * N));
@@ -484,25 +570,19 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
             std::fill(gz.begin(), gz.end(), A(0));
             KT::conv_tile(gz.data(), ldz, Lp, Cp, gyt.data(), Cp / KG, 1, ldz, zero_row, 1,
                           pt.data() + (g * D + di) * Cp * Cp * 3, 0, 1, 0, 0);
-            for (int64_t co = 0; co < Cp; ++co) {
-              A* zr = z.data() + co * ldz;
-              A* gr = gz.data() + co * ldz;
-              double s = 0;
-              for (int64_t j = 0; j < Lp; ++j) {
-                const A gzv = j < L && co < C ? ssdc_leaky_backward(zr[j], gr[j], slope) : A(0);
-                gr[j] = gzv;
-                zr[j] = ssdc_leaky(zr[j], slope);
-                s += double(gzv);
-              }
-              if (co < C) ab[g * C + co] += s;
-            }
-            // The activations as the forward's reduction saw them (rounded to S).
-            const S* act;
+            // (Rows from C on are never read again: gz's are packed as zeros, a's unused.)
+            for (int64_t co = 0; co < C; ++co)
+              ab[g * C + co] += KT::leaky_backward(z.data() + co * ldz, gz.data() + co * ldz, L, Lp, slope);
+            // The activations as the forward's reduction saw them, and gz, in S.
+            const S *act, *gzr;
             if constexpr (KG == 1) {
-              act = z.data();
+              act = z.data(), gzr = gz.data();
             } else {
-              for (int64_t i = 0; i < Cp * ldz; ++i) as[size_t(i)] = E::narrow(z[size_t(i)]);
-              act = as.data();
+              for (int64_t co = 0; co < C; ++co) {
+                KT::narrow_row(as.data() + co * ldz, z.data() + co * ldz, Lp);
+                KT::narrow_row(gzs.data() + co * ldz, gz.data() + co * ldz, Lp);
+              }
+              act = as.data(), gzr = gzs.data();
             }
             // grad P_d[o][co] += sum_j gy[o][j] a[co][j]  (vectors along o: arw is [g][d][co][o]).
             for (int64_t co0 = 0; co0 < C; co0 += 4) {
@@ -519,7 +599,7 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
                 for (int k = 0; k < nb4; ++k) KT::template outer<1>(gyt_t.data(), Mp, Mp / KT::VW, br + k, L, orow + k);
             }
             // grad W[co][ci][r*3 + kw] += sum_j gz[co][j] xr[ci][r][j + kw pad]  (aw is [g][ci][k][co]).
-            transpose_rows(gz_t.data(), Mp, gz.data(), ldz, C, L);
+            transpose_rows(gz_t.data(), Mp, gzr, ldz, C, L);
             {
               const S* br[4];
               double* orow[4];
@@ -551,7 +631,7 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
               std::fill(dst, dst + lead * KG, S{});
               std::fill(dst + (lead + Lp) * KG, dst + ldg * KG, S{});
             }
-            pack_rows(gzp.data(), ldg, lead, gz.data(), ldz, Cp, Cp / KG, Lp);
+            pack_rows(gzp.data(), ldg, lead, gzr, ldz, C, Cp / KG, Lp);
             const int64_t t_lo = std::max<int64_t>(0, pad - w0), t_hi = std::min<int64_t>(L + 2 * pad, P.Wd - w0 + pad);
             const int64_t n = t_hi - t_lo, npos = round_up(n, KT::PB);
             for (int rr = 0; rr < nrows; ++rr) {
@@ -568,8 +648,7 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
           }
         }
       if constexpr (!kSumInGx) {
-        S* out = gx + bg * C * N;
-        for (int64_t i = 0; i < C * N; ++i) out[i] = E::narrow(gxs[size_t(i)]);
+        KT::narrow_row(gx + bg * C * N, gxs.data(), C * N);
       }
     }
   });
