@@ -114,11 +114,12 @@ struct Kern {
   // out[co][j] += sum_cg sum_{r in rows} sum_{kw_lo <= kw < kw_hi} sum_k
   //                 wp[cob][cg][r][kw][i][k] * in[((cg * NR + r) * ldi + in_off + j + kw * pad) * KG + k]
   // for co = cob * COB + i < Cop (a multiple of COB), 0 <= j < npos (a multiple of PB), k < KG.
+  // `taps` is the weights' kw extent (3; 1 for the 1x1 convolutions, kw_lo = 0, kw_hi = 1).
   static void conv_tile(A* out, int64_t ldo, int64_t npos, int64_t Cop, const S* in, int64_t CG, int NR,
-                        int64_t ldi, const int* rows, int nrows, const S* wp, int kw_lo, int kw_hi,
+                        int64_t ldi, const int* rows, int nrows, const S* wp, int taps, int kw_lo, int kw_hi,
                         int64_t pad, int64_t in_off) {
     for (int64_t cob = 0; cob < Cop / COB; ++cob) {
-      const S* wb = wp + cob * CG * NR * 3 * COB * KG;
+      const S* wb = wp + cob * CG * NR * taps * COB * KG;
       A* ob = out + cob * COB * ldo;
       for (int64_t j0 = 0; j0 < npos; j0 += PB) {
         V acc[COB][NV];
@@ -128,7 +129,7 @@ struct Kern {
           for (int rr = 0; rr < nrows; ++rr) {
             const int r = rows[rr];
             const S* src = in + ((cg * NR + r) * ldi + in_off + j0) * KG;
-            const S* w = wb + (cg * NR + r) * 3 * COB * KG;
+            const S* w = wb + (cg * NR + r) * taps * COB * KG;
             for (int kw = kw_lo; kw < kw_hi; ++kw) {
               const S* s = src + kw * pad * KG;
               X xv[NV];
@@ -158,20 +159,29 @@ struct Kern {
       V acc[MB][NB];
       for (int i = 0; i < MB; ++i)
         for (int k = 0; k < NB; ++k) acc[i][k] = V{};
-      for (int64_t j = 0; j < n; j += KG) {
+      const int64_t ng = (n + KG - 1) / KG;
+      for (int64_t jg = 0; jg < ng; ++jg) {
         X av[MB];
-        for (int i = 0; i < MB; ++i) av[i] = loadx(at + ((j / KG) * lda + (mv0 + i) * VW) * KG);
+        for (int i = 0; i < MB; ++i) av[i] = loadx(at + (jg * lda + (mv0 + i) * VW) * KG);
         for (int k = 0; k < NB; ++k) {
-          const X bv = bcast(b[k] + j);
+          const X bv = bcast(b[k] + jg * KG);
           for (int i = 0; i < MB; ++i) acc[i][k] = madd(acc[i][k], bv, av[i]);
         }
       }
+#pragma GCC unroll 4
       for (int k = 0; k < NB; ++k)
-        for (int i = 0; i < MB; ++i) {
-          double* o = out[k] + (mv0 + i) * VW;
-          for (int l = 0; l < VW; ++l) o[l] += double(acc[i][k][l]);
-        }
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; ++i) add_to(out[k] + (mv0 + i) * VW, acc[i][k]);
     }
+  }
+  // o[l] += v[l] in float64, whole vectors (indexing lanes, or taking v's address, made GCC keep
+  // every accumulator on the stack).
+  static void add_to(double* o, const V& v) {
+    typedef double D __attribute__((vector_size(VW * sizeof(double))));
+    D cur;
+    std::memcpy(&cur, o, sizeof(D));
+    cur += __builtin_convertvector(v, D);
+    std::memcpy(o, &cur, sizeof(D));
   }
 
   // LeakyReLU of a row, in place, n a multiple of VW. (Vector selects: a scalar `z > 0 ? z : z * s`
@@ -183,25 +193,23 @@ struct Kern {
     }
   }
   // g <- LeakyReLU'(z) g for p < L and 0 for L <= p < n, z <- LeakyReLU(z), n a multiple of VW;
-  // returns the sum of the new g (float64 over the lanes).
+  // returns the sum of the new g (float64 over the lanes). The row's tail is masked, not branched.
   static double leaky_backward(A* z, A* g, int64_t L, int64_t n, A slope) {
+    typedef typename std::conditional<sizeof(A) == 8, int64_t, int32_t>::type ML;
+    typedef ML M __attribute__((vector_size(RDC_SSDC_VB)));  // lane masks, as V > V gives them
+    M iota;
+    for (int l = 0; l < VW; ++l) iota[l] = ML(l);
     V sum = {};
-    int64_t p = 0;
-    for (; p + VW <= L; p += VW) {
+    for (int64_t p = 0; p < n; p += VW) {
       const V zv = load(z + p), gv = load(g + p);
-      const V gz = zv > V{} ? gv : gv * slope;
+      const int64_t live = L - p < 0 ? 0 : (L - p > VW ? VW : L - p);
+      const V gz = iota < M{} + ML(live) ? (zv > V{} ? gv : gv * slope) : V{};
       store(g + p, gz);
       store(z + p, zv > V{} ? zv : zv * slope);
       sum += gz;
     }
     double total = 0;
     for (int l = 0; l < VW; ++l) total += double(sum[l]);
-    for (; p < n; ++p) {
-      const A gz = p < L ? ssdc_leaky_backward(z[p], g[p], slope) : A(0);
-      g[p] = gz;
-      z[p] = ssdc_leaky(z[p], slope);
-      total += double(gz);
-    }
     return total;
   }
 
@@ -390,18 +398,17 @@ struct Plan {
                 w[((g * C + co) * C + ci) * K + k];
     return p;
   }
-  // 1x1 weights as a one-tap conv over Cp input rows: [g][d][cob][cin / KG][3][COB][KG] (only tap 0
-  // used). transpose = false: out channel o, in channel co: rw[g*C + o][d*C + co]; true: swapped.
+  // 1x1 weights as a one-tap conv over Cp input rows: [g][d][cob][cin / KG][COB][KG].
+  // transpose = false: out channel o, in channel co: rw[g*C + o][d*C + co]; true: swapped.
   std::vector<S> pack_reduce(const S* rw, bool transpose) const {
-    std::vector<S> p(size_t(G * D * Cp * Cp * 3), S{});
+    std::vector<S> p(size_t(G * D * Cp * Cp), S{});
     for (int64_t g = 0; g < G; ++g)
       for (int64_t d = 0; d < D; ++d)
         for (int64_t o = 0; o < C; ++o)
           for (int64_t co = 0; co < C; ++co) {
             const S v = rw[(g * C + o) * D * C + d * C + co];
             const int64_t out = transpose ? co : o, in = transpose ? o : co;
-            p[(((((g * D + d) * (Cp / COB) + out / COB) * (Cp / KG) + in / KG) * 3) * COB + out % COB) * KG +
-              in % KG] = v;
+            p[((((g * D + d) * (Cp / COB) + out / COB) * (Cp / KG) + in / KG) * COB + out % COB) * KG + in % KG] = v;
           }
     return p;
   }
@@ -460,7 +467,7 @@ void forward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* 
         for (int64_t co = 0; co < Cp; ++co)
           std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? bA[g * C + co] : A(0));
         KT::conv_tile(z.data(), ldz, Lp, Cp, Plan<S>::conv_input(xr, xb), P.CG, P.NR, P.ldi, rows, nrows,
-                      wf.data() + g * Cp * P.CG * P.K * KG, pad > 0 ? 0 : 1, pad > 0 ? 3 : 2, pad, 0);
+                      wf.data() + g * Cp * P.CG * P.K * KG, 3, pad > 0 ? 0 : 1, pad > 0 ? 3 : 2, pad, 0);
         for (int64_t co = 0; co < Cp; ++co) KT::leaky(z.data() + co * ldz, Lp, slope);
         const S* act;
         if constexpr (KG == 1) {
@@ -470,7 +477,7 @@ void forward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S* 
           act = ap.data();
         }
         KT::conv_tile(yt.data(), ldz, Lp, Cp, act, Cp / KG, 1, ldz, zero_row, 1,
-                      pf.data() + (g * P.D + di) * Cp * Cp * 3, 0, 1, 0, 0);
+                      pf.data() + (g * P.D + di) * Cp * Cp, 1, 0, 1, 0, 0);
       }
       S* yg = y + bg * C * N + row * P.Wd + w0;
       for (int64_t co = 0; co < C; ++co) {
@@ -565,11 +572,11 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
             for (int64_t co = 0; co < Cp; ++co)
               std::fill(z.data() + co * ldz, z.data() + co * ldz + Lp, co < C ? bA[g * C + co] : A(0));
             KT::conv_tile(z.data(), ldz, Lp, Cp, Plan<S>::conv_input(xr, xb), CG, P.NR, P.ldi, rows, nrows,
-                          wf.data() + g * Cp * CG * K * KG, kw_lo, kw_hi, pad, 0);
+                          wf.data() + g * Cp * CG * K * KG, 3, kw_lo, kw_hi, pad, 0);
             // ga = P_d^T gy; gz = LeakyReLU'(z) ga (0 past the tile); z <- a = LeakyReLU(z).
             std::fill(gz.begin(), gz.end(), A(0));
             KT::conv_tile(gz.data(), ldz, Lp, Cp, gyt.data(), Cp / KG, 1, ldz, zero_row, 1,
-                          pt.data() + (g * D + di) * Cp * Cp * 3, 0, 1, 0, 0);
+                          pt.data() + (g * D + di) * Cp * Cp, 1, 0, 1, 0, 0);
             // (Rows from C on are never read again: gz's are packed as zeros, a's unused.)
             for (int64_t co = 0; co < C; ++co)
               ab[g * C + co] += KT::leaky_backward(z.data() + co * ldz, gz.data() + co * ldz, L, Lp, slope);
@@ -638,7 +645,7 @@ void backward(const SsdcArgs& args, const S* x, const S* w, const S* b, const S*
               const int r = rows[rr];
               std::fill(gxr.begin(), gxr.begin() + Cp * ldx, A(0));
               KT::conv_tile(gxr.data(), ldx, npos, Cp, gzp.data(), Cp / KG, 1, ldg, zero_row, 1,
-                            wt.data() + (g * NR + r) * Cp * Cp * 3, kw_lo, kw_hi, pad, t_lo);
+                            wt.data() + (g * NR + r) * Cp * Cp * 3, 3, kw_lo, kw_hi, pad, t_lo);
               for (int64_t ci = 0; ci < C; ++ci) {
                 A* dst = gxa + ci * N + src[r] * P.Wd + (w0 - pad + t_lo);
                 const A* s = gxr.data() + ci * ldx;
