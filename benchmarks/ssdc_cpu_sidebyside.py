@@ -35,42 +35,16 @@ import torch
 
 from rdcnet.ssdc import ssdc_chain
 from rdcnet_ext import ops
+from test_ssdc import DILATIONS, GROUPS, SLOPE, flops, make_inputs  # benchmarks/test_ssdc.py: same block and inputs
 
-GROUPS, CHANNELS, DILATIONS, SLOPE = 8, 64, (1, 2, 4, 8), 0.3
 CASES = {"2d-120": (2, (120, 120)), "2d-64": (2, (64, 64)), "3d-32": (1, (32, 32, 32))}
 VARIANTS = ("fused-f32", "chain-f32", "fused-bf16", "chain-bf16", "chain-amp")
-
-
-def flops(batch: int, shape: tuple, passes: str) -> int:
-    """Useful FLOPs (benchmarks/NOTES.md, "Floors"): convs + reduction, x3 with backward."""
-    n = 1
-    for s in shape:
-        n *= s
-    d = len(DILATIONS)
-    fwd = 2 * batch * GROUPS * CHANNELS * CHANNELS * (3 ** len(shape) + 1) * d * n
-    return fwd * (3 if passes == "fwdbwd" else 1)
-
-
-def make_inputs(batch: int, shape: tuple, dtype: torch.dtype, requires_grad: bool):
-    gen = torch.Generator().manual_seed(0)
-    nd, gc = len(shape), GROUPS * CHANNELS
-
-    def randn(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen) * scale).to(dtype).requires_grad_(requires_grad)
-
-    return [
-        randn(batch, gc, *shape),
-        randn(gc, CHANNELS, *(3,) * nd, scale=(CHANNELS * 3**nd) ** -0.5),
-        randn(gc, scale=0.1),
-        randn(gc, len(DILATIONS) * CHANNELS, *(1,) * nd, scale=(len(DILATIONS) * CHANNELS) ** -0.5),
-        randn(gc, scale=0.1),
-    ]
 
 
 def make_step(variant: str, batch: int, shape: tuple, passes: str):
     fused = variant.startswith("fused")
     dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
-    inputs = make_inputs(batch, shape, dtype, passes == "fwdbwd")
+    inputs = [t.to(dtype).requires_grad_(passes == "fwdbwd") for t in make_inputs(batch, shape, "cpu", False)]
     fn = ops.ssdc if fused else ssdc_chain
     amp = variant == "chain-amp"
     gy = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1)).to(dtype)

@@ -6,9 +6,9 @@ bf16-rounded inputs (and of the bf16 output gradient), so what remains is the ke
 rounding: float32 accumulation, the activations and gz rounded to bfloat16 (as the bf16 chain of
 framework ops rounds them), and the outputs and gradients rounded once to bfloat16. Rounding a
 result to bfloat16 alone costs a relative-norm error of 1e-3 to 3e-3 here (2^-9 at most per
-element; up to 2.7e-3 on the cases below). Measured errors of the kernel, worst over the cases
-below (AVX512-BF16 and the fallback alike): y 2.3e-3, grad x 3.0e-3, grad weight 3.4e-3, grad bias
-2.5e-3, grad reduce_weight 4.7e-3, grad reduce_bias 2.7e-3. The tolerance is 1e-2.
+element; up to 3.0e-3 on the cases below). Measured errors of the kernel, worst over the cases
+below (AVX512-BF16 and the fallback alike): y 2.3e-3, grad x 3.1e-3, grad weight 5.2e-3, grad bias
+3.0e-3, grad reduce_weight 5.6e-3, grad reduce_bias 2.3e-3. The tolerance is 1e-2.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from rdcnet_ext import _C, ops, reference
+from test_ssdc import make
 
 TOL = 1e-2
 
@@ -56,21 +57,10 @@ NAMES = ["y", "grad x", "grad weight", "grad bias", "grad reduce_weight", "grad 
 
 
 def make_bf16(batch, groups, channels, shape, dilations, seed=0):
-    """Seeded bf16 (x, weight, bias, reduce_weight, reduce_bias, grad_y), activations O(1)."""
-    gen = torch.Generator().manual_seed(seed)
-    ndim, gc, d = len(shape), groups * channels, len(dilations)
-
-    def randn(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen, dtype=torch.float64) * scale).to(torch.bfloat16)
-
-    return [
-        randn(batch, gc, *shape),
-        randn(gc, channels, *(3,) * ndim, scale=(channels * 3**ndim) ** -0.5),
-        randn(gc, scale=0.5),
-        randn(gc, d * channels, *(1,) * ndim, scale=(d * channels) ** -0.5),
-        randn(gc, scale=0.5),
-        randn(batch, gc, *shape),
-    ]
+    """Seeded bf16 (x, weight, bias, reduce_weight, reduce_bias) of test_ssdc.make, and a bf16 grad_y."""
+    inputs = make(batch, groups, channels, shape, dilations, torch.bfloat16, seed=seed)
+    gy = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return [*inputs, gy.to(torch.bfloat16)]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

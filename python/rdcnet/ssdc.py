@@ -15,7 +15,7 @@ One result (DESIGN.md, "ssdc"), three ways to compute it:
 the memory-saving ways are asked for explicitly. Every way works under ``torch.autocast``: the
 framework convs autocast themselves; ``"recompute"`` and ``"fused"`` cast their inputs to the
 autocast dtype first, so each sees one dtype (the fused op computes in float32 where it has no
-kernel for that dtype, e.g. bfloat16 on CPU).
+kernel for that dtype, e.g. float16 on CPU).
 """
 
 from __future__ import annotations
