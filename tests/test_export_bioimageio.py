@@ -15,7 +15,8 @@ from rdcnet.data import nuclei_2d, read_labels, write_image  # noqa: E402
 from rdcnet.export.bioimageio import export_bioimageio, load_bioimageio  # noqa: E402
 from rdcnet.postprocess import PostprocessConfig  # noqa: E402
 from rdcnet.predict import predict  # noqa: E402
-from rdcnet.train import TrainConfig, save_checkpoint  # noqa: E402
+from rdcnet.checkpoint import save_checkpoint  # noqa: E402
+from rdcnet.train import TrainConfig
 from helpers import tiny_model  # noqa: E402
 
 def _model(**overrides):

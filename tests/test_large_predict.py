@@ -57,7 +57,8 @@ def test_block_outputs_equal_whole_image_outputs(ndim):
 
 def _checkpoint(tmp_path, model):
     from rdcnet.postprocess import PostprocessConfig
-    from rdcnet.train import TrainConfig, save_checkpoint
+    from rdcnet.checkpoint import save_checkpoint
+    from rdcnet.train import TrainConfig
 
     path = tmp_path / "best.pt"
     save_checkpoint(path, model, TrainConfig(postprocess=PostprocessConfig(margin=3.0, min_votes=2,

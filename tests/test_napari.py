@@ -39,7 +39,8 @@ from rdcnet.data import DEFAULT_SPACING_3D  # noqa: E402
 from rdcnet.napari import _core  # noqa: E402
 from rdcnet.postprocess import PostprocessConfig  # noqa: E402
 from rdcnet.predict import predict  # noqa: E402
-from rdcnet.train import TrainConfig, save_checkpoint  # noqa: E402
+from rdcnet.checkpoint import save_checkpoint  # noqa: E402
+from rdcnet.train import TrainConfig
 from rdcnet_ext import ops  # noqa: E402
 from helpers import tiny_model  # noqa: E402
 

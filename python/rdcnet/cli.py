@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ._checks import check_int, check_number, resolve_device
+from ._checks import check_int, check_number, check_per_axis, resolve_device
 from .demo import DEMO_DURATION
 from .postprocess import check_postprocess_value
 
@@ -103,13 +103,14 @@ def _ints(text: str) -> tuple:
 
 
 def _per_axis(values: Optional[tuple], ndim: int, name: str):
+    """An option's values (already checked one by one) for each of ``ndim`` axes (the library's rule)."""
     if values is None:
         return None
-    if len(values) == 1:
-        return values * ndim
-    if len(values) != ndim:
-        raise UsageError(f"--{name}: expected 1 or {ndim} values for {ndim}D data, got {len(values)}")
-    return values
+    kind = "int" if all(isinstance(v, int) for v in values) else "spacing"
+    try:
+        return check_per_axis(values, ndim, f"--{name}", kind=kind)
+    except ValueError as exc:
+        raise UsageError(f"{exc} for {ndim}D data") from None
 
 
 def _image_files(path: Path, what: str) -> List[Path]:
@@ -208,8 +209,13 @@ def cmd_train(args) -> int:
             check_finite_pixels(image, str(path), "--mask-nonfinite")
     spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
     factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
-    crop = check_crop(_per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256)), factor,
-                      "--crop")
+    shapes = [labels.shape for _, labels in pairs]
+    if args.crop is not None:  # an explicit crop larger than every image is refused
+        crop = check_crop(_per_axis(args.crop, ndim, "crop"), factor, "--crop", image_shapes=shapes)
+    else:  # the default crop, clipped to the images (never below one down-sampling step)
+        default = (16, 128, 128) if ndim == 3 else (256, 256)
+        largest = [max(s[a] for s in shapes) for a in range(ndim)]
+        crop = check_crop(tuple(max(f, min(c, n)) for c, n, f in zip(default, largest, factor)), factor, "--crop")
     if not args.val_images:
         if len(pairs) < 2:
             raise UsageError("need at least 2 training images to hold one out for validation "
@@ -260,7 +266,7 @@ def _output_path(out: Path, image: Path, single: bool) -> Path:
 
 
 def _load_model(path, device):
-    from .export import load_model
+    from .checkpoint import load_model
 
     try:
         return load_model(path, device=device)
@@ -413,7 +419,7 @@ def cmd_sweep(args) -> int:
 def cmd_show(args) -> int:
     from .data import read_image
     from .show import show_iterations, show_votes
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     model, post, _ = load_checkpoint(args.model, device=args.device)
     image = read_image(_image_files(Path(args.image), "image")[0])

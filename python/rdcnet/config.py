@@ -438,7 +438,7 @@ class ExperimentConfig:
         """
         from . import metrics
         from .evaluation import evaluate_model, table1
-        from .train import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         ckpt = Path(checkpoint) if checkpoint is not None else self.default_checkpoint()
         dev = device or self.evaluate.get("device") or self.train.get("device", "auto")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_bool, check_choice, check_int, check_number_in, check_per_axis
 from .ssdc import apply_ssdc, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
 
 __all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
@@ -25,17 +26,6 @@ class RDCNetOutput(NamedTuple):
     embeddings: torch.Tensor
     probabilities: torch.Tensor
     logits: torch.Tensor
-
-
-def _per_axis(value, ndim: int, name: str, kind=int) -> Tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value,) * ndim
-    value = tuple(kind(v) for v in value)
-    if len(value) != ndim:
-        raise ValueError(f"{name}: expected {ndim} values (one per spatial axis), got {len(value)}")
-    if any(v <= 0 for v in value):
-        raise ValueError(f"{name}: expected positive values, got {value}")
-    return value
 
 
 ssdc_unfused = ssdc_chain  # the older name of the "chain" path of rdcnet.ssdc
@@ -152,22 +142,23 @@ class RDCNet(nn.Module):
                  spacing: Optional[Union[float, Sequence[float]]] = None, fused: Optional[bool] = None,
                  ssdc_path: Optional[str] = None):
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"ndim: expected 2 or 3, got {ndim}")
-        for name, v in (("in_channels", in_channels), ("n_classes", n_classes), ("groups", groups),
-                        ("channels_per_group", channels_per_group), ("iterations", iterations),
-                        ("downsampling_channels", downsampling_channels)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes: expected at least 2 (background and foreground), got {n_classes}")
-        dilations = tuple(int(d) for d in dilations)
-        if not dilations or any(d < 1 for d in dilations):
-            raise ValueError(f"dilations: expected one or more positive ints, got {dilations}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a rate in [0, 1), got {dropout}")
-        factor = _per_axis(factor, ndim, "factor")
-        spacing = _per_axis(1.0 if spacing is None else spacing, ndim, "spacing", float)
+        ndim = check_choice(check_int(ndim, "ndim"), "ndim", (2, 3))
+        in_channels, n_classes, groups, channels_per_group, iterations, downsampling_channels = (
+            check_int(v, name, minimum=low) for name, v, low in (
+                ("in_channels", in_channels, 1), ("n_classes", n_classes, 2), ("groups", groups, 1),
+                ("channels_per_group", channels_per_group, 1), ("iterations", iterations, 1),
+                ("downsampling_channels", downsampling_channels, 1)))
+        if isinstance(dilations, (str, bytes)) or not hasattr(dilations, "__iter__"):
+            raise TypeError(f"dilations: expected a sequence of positive integers, got {dilations!r}")
+        dilations = tuple(check_int(d, "dilations", minimum=1) for d in dilations)
+        if not dilations:
+            raise ValueError("dilations: expected one or more positive integers, got none")
+        dropout = check_number_in(dropout, "dropout", 0.0, 1.0, high_open=True)
+        negative_slope = check_number_in(negative_slope, "negative_slope", 0.0, 1.0)
+        factor = check_per_axis(factor, ndim, "factor", kind="int", minimum=1, maximum=4096)
+        spacing = check_per_axis(1.0 if spacing is None else spacing, ndim, "spacing", kind="spacing")
+        if fused is not None:
+            fused = check_bool(fused, "fused")
         self.config = RDCNetConfig(ndim, in_channels, n_classes, factor, downsampling_channels, groups,
                                    channels_per_group, dilations, iterations, float(dropout),
                                    float(negative_slope), spacing)
@@ -242,9 +233,7 @@ class RDCNet(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.shape[1] != self.config.in_channels:
             raise ValueError(f"x: expected {self.config.in_channels} channels, got {x.shape[1]}")
-        n_iter = self.config.iterations if iterations is None else int(iterations)
-        if n_iter < 1:
-            raise ValueError(f"iterations: expected at least 1, got {iterations}")
+        n_iter = self.config.iterations if iterations is None else check_int(iterations, "iterations", minimum=1)
         spatial = tuple(x.shape[2:])
         pad = []
         for n, f in reversed(list(zip(spatial, self.config.factor))):

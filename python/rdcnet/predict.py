@@ -9,10 +9,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ._checks import check_bool, check_image, check_int, check_per_axis, resolve_device
 from .model import RDCNet, RDCNetOutput
 from .postprocess import PostprocessConfig, labels_from_output
 
-__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "check_tile_shape"]
+__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "check_tile_shape",
+           "check_model", "as_postprocess"]
 
 # Tiles bound memory on large images; the overlap covers the receptive field that matters.
 DEFAULT_TILE = {2: (1024, 1024), 3: (64, 512, 512)}
@@ -32,14 +34,38 @@ def min_tile_shape(cfg) -> tuple:
 
 def check_tile_shape(tile, cfg, name: str = "tile_shape") -> tuple:
     """``tile`` (one size per spatial axis) checked against :func:`min_tile_shape`."""
-    tile = tuple(int(t) for t in tile)
+    tile = check_per_axis(tile, cfg.ndim, name, kind="int")
     smallest = min_tile_shape(cfg)
-    if len(tile) != cfg.ndim:
-        raise ValueError(f"{name}: expected {cfg.ndim} sizes for a {cfg.ndim}D model, got {len(tile)}")
     if any(t < m for t, m in zip(tile, smallest)):
         raise ValueError(f"{name}: expected at least {','.join(map(str, smallest))} pixels per axis for this model "
                          f"(twice its receptive-field overlap), got {','.join(map(str, tile))}")
     return tile
+
+
+def check_model(model, name: str = "model") -> RDCNet:
+    """An :class:`rdcnet.RDCNet`, or a module standing in for one (``torch.compile`` of it, a
+    wrapper) with its ``config``; a TypeError naming ``name`` otherwise."""
+    from .model import RDCNetConfig
+
+    if not (isinstance(getattr(model, "config", None), RDCNetConfig) and isinstance(model, torch.nn.Module)):
+        raise TypeError(f"{name}: expected an rdcnet.RDCNet (e.g. from rdcnet.load_checkpoint), got "
+                        f"{type(model).__name__}")
+    return model
+
+
+def as_postprocess(postprocess, name: str = "postprocess") -> PostprocessConfig:
+    """None (the defaults), a dict of fields or a :class:`PostprocessConfig`, as a PostprocessConfig."""
+    if postprocess is None:
+        return PostprocessConfig()
+    if isinstance(postprocess, dict):
+        unknown = sorted(set(postprocess) - set(PostprocessConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{name}: unknown decoding setting(s) {', '.join(map(repr, unknown))}; expected "
+                             f"{', '.join(PostprocessConfig.__dataclass_fields__)}")
+        return PostprocessConfig(**postprocess)
+    if not isinstance(postprocess, PostprocessConfig):
+        raise TypeError(f"{name}: expected a PostprocessConfig, a dict or None, got {type(postprocess).__name__}")
+    return postprocess
 
 
 def channel_axis_of(image: np.ndarray, model: RDCNet) -> Optional[int]:
@@ -113,8 +139,14 @@ def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence
     probabilities (n_classes, *S) on ``device``. Large images are processed in overlapping tiles
     (at least :func:`min_tile_shape`) whose centres are stitched; embeddings stay global because
     each tile passes its origin. ``progress`` shows a bar over the tiles."""
+    check_model(model)
+    if not isinstance(x, torch.Tensor) or x.dim() != model.config.ndim + 1 or x.shape[0] != model.config.in_channels:
+        raise ValueError(f"x: expected a normalised ({model.config.in_channels}, *{model.config.ndim} spatial axes) "
+                         f"tensor (see prepare_image), got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+    if iterations is not None:
+        iterations = check_int(iterations, "iterations", minimum=1)
     cfg = model.config
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device, "device") if device is not None else next(model.parameters()).device
     spatial = tuple(x.shape[1:])
     if tile_shape is not None:
         tile = check_tile_shape(tile_shape, cfg)
@@ -175,9 +207,10 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
         >>> labels.shape, labels.dtype
         ((64, 80), dtype('int32'))
     """
-    if isinstance(postprocess, dict):
-        postprocess = PostprocessConfig(**postprocess)
-    postprocess = postprocess or PostprocessConfig()
+    check_model(model)
+    check_image(image, "image")
+    postprocess = as_postprocess(postprocess)
+    return_output, progress = check_bool(return_output, "return_output"), check_bool(progress, "progress")
     x, bad = prepare_image(image, model, return_nonfinite=True)
     out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations, progress=progress)
     if bad is not None:  # no data there: background, and no votes from it

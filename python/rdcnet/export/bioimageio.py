@@ -232,10 +232,7 @@ def is_bioimageio_package(path) -> bool:
 def load_bioimageio(path, device="cpu", fused=None) -> Tuple["RDCNet", "PostprocessConfig"]:
     """Rebuild the :class:`rdcnet.RDCNet` and its decoding parameters from a package written by
     :func:`export_bioimageio` (its ``config.rdcnet`` and ``pytorch_state_dict`` weights)."""
-    import io
-
-    from ..model import RDCNet
-    from ..postprocess import PostprocessConfig
+    from ..checkpoint import model_from_dict, postprocess_from_dict, safe_torch_load
 
     path = Path(path)
     if not is_bioimageio_package(path):
@@ -243,15 +240,22 @@ def load_bioimageio(path, device="cpu", fused=None) -> Tuple["RDCNet", "Postproc
     _require_spec()
     from bioimageio.spec import load_model_description
 
-    descr = load_model_description(path, perform_io_checks=False)
-    extra = (descr.config.model_extra or {}).get("rdcnet") if descr.config is not None else None
-    weights = descr.weights.pytorch_state_dict
-    if not extra or weights is None:
+    try:
+        descr = load_model_description(path, perform_io_checks=False)
+    except Exception as exc:  # the spec's validation errors span many lines and types
+        raise ValueError(f"model: {path} is not a valid bioimage.io model package "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+    config = getattr(descr, "config", None)
+    extra = (config.model_extra or {}).get("rdcnet") if config is not None else None
+    weights = getattr(getattr(descr, "weights", None), "pytorch_state_dict", None)
+    if not isinstance(extra, dict) or "model_config" not in extra or weights is None:
         raise ValueError(f"model: {path} is a bioimage.io package but not one written by rdcnet "
                          "(no config.rdcnet / pytorch_state_dict weights)")
     with zipfile.ZipFile(path) as z:
-        state = torch.load(io.BytesIO(z.read(str(weights.source.path if hasattr(weights.source, "path")
-                                                 else weights.source))), map_location=device, weights_only=True)
-    model = RDCNet.from_config(extra["model_config"], fused=fused).to(device)
-    model.load_state_dict(state)
-    return model.eval(), PostprocessConfig(**extra["postprocess"])
+        member = str(weights.source.path if hasattr(weights.source, "path") else weights.source)
+        if member not in z.namelist():
+            raise ValueError(f"model: {path} names weights {member!r} that the package does not contain")
+        state = safe_torch_load(z.read(member), map_location=device, what="bioimage.io weights file",
+                                name=f"{path}:{member}")
+    return model_from_dict({"model_config": extra["model_config"], "state_dict": state}, path, device, fused), \
+        postprocess_from_dict({"postprocess": extra.get("postprocess", {})}, path)

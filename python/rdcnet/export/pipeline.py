@@ -305,7 +305,7 @@ def script(module):
 
 def _load(model_or_checkpoint, postprocess):
     from ..model import RDCNet
-    from ..train import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     if isinstance(model_or_checkpoint, RDCNet):
         return model_or_checkpoint, postprocess

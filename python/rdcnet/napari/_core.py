@@ -33,7 +33,7 @@ def sample_nuclei_3d() -> List[LayerDataTuple]:
 
 def decoding_defaults(model_path) -> dict:
     """The decoding parameters stored with a checkpoint or package (to pre-fill the widget)."""
-    from ..export import load_model
+    from ..checkpoint import load_model
 
     _, post = load_model(model_path)
     return post.to_dict()

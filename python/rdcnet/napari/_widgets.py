@@ -56,7 +56,7 @@ def segment_widget(viewer: napari.Viewer, image: Image, model_path: Path = Path(
         raise ValueError("image: choose an image layer")
 
     def run():
-        from ..export import load_model
+        from ..checkpoint import load_model
 
         model, post = load_model(model_path, device=device)
         post = dataclasses.replace(post, min_distance=min_distance, min_votes=min_votes, smooth_radius=smooth_radius,
