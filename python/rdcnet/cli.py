@@ -282,8 +282,19 @@ def _is_large_request(args) -> bool:
             or args.chunks is not None or args.scheduler is not None)
 
 
+def _require_large_extra() -> None:
+    """The chunked path needs the 'large' extra; without it, one line saying how to install it."""
+    import importlib.util
+
+    missing = [m for m in ("dask", "zarr", "ome_zarr") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"OME-Zarr and chunked prediction need the 'large' extra ({', '.join(missing)} not "
+                         "installed): pip install 'rdcnet[large]'")
+
+
 def _predict_large(args) -> int:
-    from .large import predict_large, scheduler
+    _require_large_extra()
+    from .large import default_workdir, predict_large, scheduler
 
     inp = Path(args.input)
     if not inp.exists():
@@ -302,10 +313,12 @@ def _predict_large(args) -> int:
         if value is not None:
             setattr(post, name, value)
     ndim = model.config.ndim
+    args.interrupted_note = (f"finished chunks are kept in {args.workdir or default_workdir(out)}; rerun the same "
+                             "command to resume (--no-resume starts over)")
     with scheduler(args.scheduler):
         _, centres = predict_large(model, inp, out, post, chunks=_per_axis(args.chunks, ndim, "chunks"),
                                    overlap=_per_axis(args.overlap, ndim, "overlap"), device=args.device,
-                                   workdir=args.workdir)
+                                   workdir=args.workdir, resume=not args.no_resume, keep_workdir=args.keep_workdir)
     print(f"{inp} -> {out}: {len(centres)} objects")
     return 0
 
@@ -557,8 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: the receptive field)")
     large.add_argument("--scheduler", help="dask scheduler: threads (default), sync, processes, or a "
                                            "dask.distributed address tcp://host:port")
-    large.add_argument("--workdir", help="folder for intermediate embeddings (default: a temporary folder "
-                                         "beside --out, removed at the end)")
+    large.add_argument("--workdir", help="folder for the intermediate network outputs and the record of finished "
+                                         "chunks (default: <out>.rdcnet-work beside --out); kept when a run is "
+                                         "interrupted, so rerunning the same command resumes; removed at the end")
+    large.add_argument("--no-resume", action="store_true",
+                       help="start over, discarding the finished chunks of an interrupted run")
+    large.add_argument("--keep-workdir", action="store_true", help="keep the work folder after the labels are written")
     r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="compare predicted labels with ground truth",
@@ -645,6 +662,7 @@ def _one_line_warnings(command: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ._files import OutputLockedError
     from .train import NonFiniteLossError, ResumeError
 
     parser = build_parser()
@@ -657,13 +675,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
     except ResumeError as exc:
         print(f"rdcnet {args.command}: error: {_resume_message(exc)}", file=sys.stderr)
-    except (FileNotFoundError, ValueError, TypeError, OSError, NonFiniteLossError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, OSError, NonFiniteLossError, OutputLockedError) as exc:
         if os.environ.get("RDCNET_DEBUG"):
             raise
         message = " ".join(str(exc).split())  # some messages list files on several lines
         print(f"rdcnet {args.command}: error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"rdcnet {args.command}: interrupted (finished epochs are saved in the run folder)", file=sys.stderr)
+        note = getattr(args, "interrupted_note", None) or (
+            "finished epochs are saved in the run folder" if args.command == "train" else "nothing was kept")
+        print(f"rdcnet {args.command}: interrupted ({note})", file=sys.stderr)
         return 130
     return 2
 
