@@ -36,8 +36,10 @@ def check_number(value, name: str, *, minimum: Optional[float] = None, positive:
 
 def check_int(value, name: str, minimum: int = 0, maximum: int = INT32_MAX) -> int:
     """An integer in [minimum, maximum] (a whole-number float is accepted)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        whole = float(value)
+        if math.isfinite(whole) and whole.is_integer():  # 4.0 or numpy.float32(4) is the integer 4
+            value = int(whole)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(_msg(name, f"expected an integer, got {_describe(value)}"))
     value = int(value)

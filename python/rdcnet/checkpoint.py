@@ -112,7 +112,9 @@ def read_checkpoint(path, map_location="cpu", required=MODEL_KEYS, what: str = "
     """The raw contents of an rdcnet checkpoint (a dict), read without executing anything and
     checked to hold the ``required`` keys. :class:`CheckpointError` otherwise; ``what`` names the
     kind of file in its message (e.g. "resumable checkpoint" for ``last.pt``)."""
-    path = Path(path)
+    from ._checks import check_path
+
+    path = Path(check_path(path, "path"))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     ckpt = safe_torch_load(path, map_location=map_location, what=what)

@@ -13,14 +13,15 @@ from ._checks import check_bool, check_image, check_int, check_per_axis, resolve
 from .model import RDCNet, RDCNetOutput
 from .postprocess import PostprocessConfig, labels_from_output
 
-__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "check_tile_shape",
+__all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "tile_overlap",
+           "check_tile_shape",
            "check_model", "as_postprocess"]
 
 # Tiles bound memory on large images; the overlap covers the receptive field that matters.
 DEFAULT_TILE = {2: (1024, 1024), 3: (64, 512, 512)}
 
 
-def _context(cfg) -> tuple:
+def tile_overlap(cfg) -> tuple:
     """Per axis, the overlap (pixels) a tile needs on each side: half the coarse receptive field
     of the dilated block."""
     return tuple(f * max(cfg.dilations) * 2 for f in cfg.factor)
@@ -29,7 +30,7 @@ def _context(cfg) -> tuple:
 def min_tile_shape(cfg) -> tuple:
     """The smallest tile per axis for a model configuration: twice the overlap, so that a tile
     keeps at least half of its pixels and the work stays within 2**ndim times the untiled work."""
-    return tuple(2 * o for o in _context(cfg))
+    return tuple(2 * o for o in tile_overlap(cfg))
 
 
 def check_tile_shape(tile, cfg, name: str = "tile_shape") -> tuple:
@@ -62,7 +63,10 @@ def as_postprocess(postprocess, name: str = "postprocess") -> PostprocessConfig:
         if unknown:
             raise ValueError(f"{name}: unknown decoding setting(s) {', '.join(map(repr, unknown))}; expected "
                              f"{', '.join(PostprocessConfig.__dataclass_fields__)}")
-        return PostprocessConfig(**postprocess)
+        try:
+            return PostprocessConfig(**postprocess)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
     if not isinstance(postprocess, PostprocessConfig):
         raise TypeError(f"{name}: expected a PostprocessConfig, a dict or None, got {type(postprocess).__name__}")
     return postprocess
@@ -94,7 +98,8 @@ def prepare_image(image, model: RDCNet, return_nonfinite: bool = False):
     from .data import nonfinite_pixels, normalize_image
 
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
+        image = image.detach().cpu()
+        image = (image.float() if image.dtype in (torch.bfloat16, torch.float16) else image).numpy()
     image = np.asarray(image)
     cfg = model.config
     x = normalize_image(image, channel_axis=channel_axis_of(image, model))
@@ -154,7 +159,7 @@ def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence
         tile = tuple(max(t, m) for t, m in zip(DEFAULT_TILE[cfg.ndim], min_tile_shape(cfg)))
     if overlap is None:
         # Half the coarse receptive field of the dilated block, in pixels, capped by the tile.
-        overlap = tuple(min(t // 4, o) for t, o in zip(tile, _context(cfg)))
+        overlap = tuple(min(t // 4, o) for t, o in zip(tile, tile_overlap(cfg)))
     was_training = model.training
     model.eval()
     try:

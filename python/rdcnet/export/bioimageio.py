@@ -55,7 +55,7 @@ def _cover(image: np.ndarray, labels: np.ndarray, path: Path) -> None:
     Image.fromarray(np.concatenate([grey, colours[labels]], axis=1)).save(path)
 
 
-def _documentation(model, post, spacing) -> str:
+def _documentation(model, post, spacing, halo) -> str:
     cfg = model.config
     names = AXES[-cfg.ndim:]
     return f"""# RDCNet instance segmentation ({cfg.ndim}D)
@@ -63,8 +63,15 @@ def _documentation(model, post, spacing) -> str:
 RDCNet (Ortiz et al. 2020) predicts, for every pixel, the class probabilities (softmax over
 {cfg.n_classes} classes, class 0 = background) and an *embedding*: the physical position
 ({', '.join(names)}; pixel spacing {', '.join(f'{s:g}' for s in spacing)}) of the centre of the
-object the pixel belongs to. Instances are obtained by decoding these two outputs, which is not
-part of the network.
+object the pixel belongs to. This package outputs the embedding as `offsets` from the pixel's own
+position (embedding = offset + pixel index × spacing), which do not depend on where a tile lies
+in the image: tiled (blockwise) prediction is correct. Instances are obtained by decoding the
+two outputs, which is not part of the network.
+
+## Tiling
+The outputs declare a halo of {', '.join(map(str, halo))} pixels ({', '.join(names)}): the context
+the network needs on each side of a tile (its receptive-field overlap; rdcnet's own tiled
+prediction uses the same). Whole images are padded by it too (bioimage.io's runtime does so).
 
 ## Input
 `raw`: axes `b, c, {', '.join(names)}`, {cfg.in_channels} channel(s); any spatial size (a
@@ -78,7 +85,11 @@ foreground pixel takes the label of the nearest centre. With the parameters of t
 ```python
 import numpy as np
 from rdcnet_ext import ops
-labels = ops.embeddings_to_labels(embeddings[0], probabilities[0].argmax(0) != 0,
+# offsets, probabilities: this package's outputs for one image (batch axis first)
+position = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(offsets.shape[2:], {list(spacing)!r})],
+                                indexing="ij"))
+embeddings = (offsets[0] + position).astype(np.float32)
+labels = ops.embeddings_to_labels(embeddings, probabilities[0].argmax(0) != 0,
                                   min_distance={post.peak_window!r},
                                   spacing={list(spacing)!r}, min_votes={post.min_votes!r},
                                   smooth_radius={post.smooth_radius!r}, max_distance={post.max_distance!r},
@@ -114,6 +125,7 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
     from ..postprocess import PostprocessConfig
     from ..predict import predict
     from .network import __file__ as network_source
+    from ..predict import tile_overlap
     from .pipeline import _load, export_torchscript, portable_network, script
 
     path = Path(path)
@@ -131,12 +143,18 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
         _default_test_image(cfg) if test_image is None else test_image, dtype=np.float32))).numpy()
     # The package's input sizes are multiples of the factor: crop the test image to one.
     keep = [n // f * f for n, f in zip(raw.shape[1:], cfg.factor)]
-    if min(keep) == 0:
-        raise ValueError(f"test_image: expected at least {list(cfg.factor)} pixels per axis, got {raw.shape[1:]}")
+    smallest = [2 * h + f for h, f in zip(tile_overlap(cfg), cfg.factor)]
+    if any(k < m for k, m in zip(keep, smallest)):
+        raise ValueError(f"test_image: expected at least {smallest} pixels per axis (the package's smallest input: "
+                         f"two halos of {list(tile_overlap(cfg))} and a down-sampling step), got {list(raw.shape[1:])}")
     raw = np.ascontiguousarray(raw[(slice(None),) + tuple(slice(0, n) for n in keep)])
     x = normalizer(torch.from_numpy(raw))
     labels = predict(model, raw if cfg.in_channels > 1 else raw[0], post)
-    net = portable_network(model)
+    # Offsets, not embeddings, and the tile context declared as the outputs' halo: bioimage.io
+    # runtimes then tile correctly (they pad whole images by the halo too). The test outputs are
+    # those of the unpadded test input, as bioimageio.core's model test computes them.
+    halo = tile_overlap(cfg)
+    net = portable_network(model, relative=True)
     with torch.no_grad():
         emb, prob = net(x[None])
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,18 +164,19 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
         export_torchscript(model, tmp / PIPELINE, post)
         shutil.copyfile(network_source, tmp / ARCHITECTURE)
         np.save(tmp / "test_input.npy", raw[None])
-        np.save(tmp / "test_embeddings.npy", emb.numpy())
+        np.save(tmp / "test_offsets.npy", emb.numpy())
         np.save(tmp / "test_probabilities.npy", prob.numpy())
         _cover(x[0].numpy() if cfg.ndim == 2 else x[0, x.shape[1] // 2].numpy(),
                labels if cfg.ndim == 2 else labels[labels.shape[0] // 2], tmp / "cover.png")
-        (tmp / "README.md").write_text(_documentation(model, post, cfg.spacing))
+        (tmp / "README.md").write_text(_documentation(model, post, cfg.spacing, halo))
 
         def space_in(a):
-            return v.SpaceInputAxis(id=v.AxisId(names[a]), size=v.ParameterizedSize(min=cfg.factor[a],
-                                    step=cfg.factor[a]), scale=float(cfg.spacing[a]))
+            # A tile holds its halo on both sides and at least one down-sampling step between.
+            return v.SpaceInputAxis(id=v.AxisId(names[a]), size=v.ParameterizedSize(
+                min=2 * halo[a] + cfg.factor[a], step=cfg.factor[a]), scale=float(cfg.spacing[a]))
 
         def space_out(a):
-            return v.SpaceOutputAxis(id=v.AxisId(names[a]), size=v.SizeReference(
+            return v.SpaceOutputAxisWithHalo(id=v.AxisId(names[a]), halo=halo[a], size=v.SizeReference(
                 tensor_id=v.TensorId("raw"), axis_id=v.AxisId(names[a])), scale=float(cfg.spacing[a]))
 
         inputs = [v.InputTensorDescr(
@@ -170,11 +189,12 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
                 axes=[v.AxisId(n) for n in names], min_percentile=1.0, max_percentile=99.8))])]
         outputs = [
             v.OutputTensorDescr(
-                id=v.TensorId("embeddings"),
-                description="per pixel, the physical position of its object's centre (units of the axis scale)",
+                id=v.TensorId("offsets"),
+                description="per pixel, the vector to its object's centre in axis-scale units "
+                            "(embedding = offset + index x scale)",
                 axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(n) for n in names])]
                 + [space_out(a) for a in range(cfg.ndim)],
-                test_tensor=v.FileDescr(source=tmp / "test_embeddings.npy")),
+                test_tensor=v.FileDescr(source=tmp / "test_offsets.npy")),
             v.OutputTensorDescr(
                 id=v.TensorId("probabilities"), description="class probabilities (softmax; class 0 = background)",
                 axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(f"class{c}")
@@ -187,7 +207,7 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
             pytorch_state_dict=v.PytorchStateDictWeightsDescr(
                 source=tmp / WEIGHTS, pytorch_version=version,
                 architecture=v.ArchitectureFromFileDescr(source=tmp / ARCHITECTURE, callable=v.Identifier(
-                    "PortableRDCNet"), kwargs=cfg.to_dict())),
+                    "PortableRDCNet"), kwargs={**cfg.to_dict(), "relative": True})),
             torchscript=v.TorchscriptWeightsDescr(source=tmp / TORCHSCRIPT, pytorch_version=version,
                                                   parent="pytorch_state_dict"))
         descr = v.ModelDescr(
@@ -212,9 +232,13 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
 def _default_test_image(cfg) -> np.ndarray:
     from ..data import nuclei_2d, nuclei_3d
 
-    size = [max(64, 2 * f) for f in cfg.factor]
+    from ..predict import tile_overlap
+
+    # At least the package's smallest input (two halos and a step), and a few objects.
+    smallest = [2 * h + f for h, f in zip(tile_overlap(cfg), cfg.factor)]
+    size = [max(64, m) for m in smallest]
     if cfg.ndim == 3:
-        size[0] = max(8, 2 * cfg.factor[0])
+        size[0] = max(8, smallest[0])
     if cfg.in_channels == 1:
         return (nuclei_2d if cfg.ndim == 2 else nuclei_3d)(1, size, seed=0)[0][0]
     return np.random.default_rng(0).random((cfg.in_channels, *size)).astype(np.float32)

@@ -278,9 +278,10 @@ class RDCNetPipeline(nn.Module):
         return self.decoder(emb, prob)
 
 
-def portable_network(model) -> PortableRDCNet:
-    """A :class:`PortableRDCNet` with the weights of an :class:`rdcnet.RDCNet`, in eval mode."""
-    net = PortableRDCNet(**model.config.to_dict())
+def portable_network(model, relative: bool = False) -> PortableRDCNet:
+    """A :class:`PortableRDCNet` with the weights of an :class:`rdcnet.RDCNet`, in eval mode
+    (``relative``: it outputs offsets instead of embeddings)."""
+    net = PortableRDCNet(**model.config.to_dict(), relative=relative)
     net.load_state_dict(model.state_dict())
     return net.to(next(model.parameters()).device).eval()
 
