@@ -178,3 +178,15 @@ def test_two_trainings_on_one_run_folder_the_second_refuses(tmp_path, capsys):
         holder.wait()
     assert main(argv) == 0
     assert not (run / RUN_LOCK).exists() and (run / "best.pt").is_file()
+
+
+def test_without_the_large_extra_one_line_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "zarr" else real(name, *a))
+    assert main(["predict", str(tmp_path / "big.ome.zarr"), "--model", str(tmp_path / "best.pt"), "--out",
+                 str(tmp_path / "labels.ome.zarr")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rdcnet predict: error: OME-Zarr and chunked prediction need the 'large' extra (zarr not "
+                   "installed): pip install 'rdcnet[large]'"]

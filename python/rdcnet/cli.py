@@ -165,6 +165,9 @@ def _data_shape(pairs, paths, ndim_option: Optional[int]):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if not args.quick:
+        _warn_if_busy(args)
+
     return run_demo(out_dir=Path(args.out), steps=args.steps, seed=args.seed, device=args.device, quick=args.quick)
 
 
@@ -244,9 +247,20 @@ def cmd_train(args) -> int:
     if os.environ.get("RANK", "0") == "0":  # once per DDP job
         print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
+        _warn_if_busy(args)
     result = train(model, pairs, val, cfg, resume=not args.no_resume)
     _report_training(result)
     return 0
+
+
+def _warn_if_busy(args) -> None:
+    """Before a long CPU run: say so when other work occupies the cores (unless --threads was given)."""
+    from .machine import busy_warning
+
+    if getattr(args, "threads", None) is None and (args.device or "auto") != "cuda":
+        message = busy_warning()
+        if message:
+            warnings.warn(message)
 
 
 def _report_training(result) -> None:
@@ -490,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_count(), default=500, help="training steps per epoch, 12 epochs (default: %(default)s)")
     d.add_argument("--seed", type=_count(0, SEED_MAX), default=0)
     d.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    d.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
+                                                            "other work runs on the machine)")
     d.add_argument("--quick", action="store_true", help="a 20-step run to check the installation (about 10 seconds)")
     d.set_defaults(func=cmd_demo)
 
@@ -537,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA); "
                                                           "default: float32")
     t.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
+    t.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
+                                                            "other work runs on the machine)")
     t.add_argument("--nproc", type=_count(), help="train with DistributedDataParallel on this many processes of this "
                                                  "machine (one GPU each with CUDA; gloo on CPU); same as "
                                                  "'torchrun --nproc-per-node N -m rdcnet train ...'")
@@ -562,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label-wise opening radius (default: from the checkpoint)")
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (large images: each dask "
                                                                  "worker uses its own GPU with auto)")
+    r.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
+                                                            "other work runs on the machine)")
     r.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
     large = r.add_argument_group("large images (OME-Zarr/TIFF, chunked; exact: equals whole-image decoding)")
     large.add_argument("--chunks", type=_ints, help="chunk size per axis for the chunked path (default: 1024 in "
@@ -662,12 +682,26 @@ def _one_line_warnings(command: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ._files import OutputLockedError
-    from .train import NonFiniteLossError, ResumeError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs per process
+    import torch
+
+    from .machine import set_threads
+
+    threads_before = torch.get_num_threads()  # main() may run inside a longer process (tests, notebooks)
+    try:
+        set_threads(getattr(args, "threads", None))
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args) -> int:
+    """Run the command; a problem the user can fix is one line on stderr and exit status 2."""
+    from ._files import OutputLockedError
+    from .train import NonFiniteLossError, ResumeError
+
     try:
         with _one_line_warnings(args.command):
             return args.func(args)
@@ -682,11 +716,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"rdcnet {args.command}: error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
         note = getattr(args, "interrupted_note", None) or (
-            "finished epochs are saved in the run folder" if args.command == "train" else "nothing was kept")
+            "finished epochs are saved in the run folder" if args.command == "train" else "files already written are kept")
         print(f"rdcnet {args.command}: interrupted ({note})", file=sys.stderr)
         return 130
     return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -410,7 +410,8 @@ def _tune_best(best_path: Path, val_images, val_labels, config: TrainConfig, dev
 
 
 def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_data: Sequence,
-          config: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True) -> TrainResult:
+          config: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True,
+          callback: Optional[Callable[[dict], None]] = None) -> TrainResult:
     """Train an RDCNet on (image, labels) pairs.
 
     Args:
@@ -424,6 +425,10 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             re-plans the cosine from the current learning rate); any other difference, or an
             unreadable ``last.pt``, raises :class:`ResumeError`.
         progress: show progress bars.
+        callback: called after every training step with a dict: ``epoch`` and ``epochs`` (1-based,
+            this run's), ``step`` and ``steps`` (counted over the whole run), ``loss`` and
+            ``eta_seconds`` (the remaining training steps at this run's pace so far; validation and
+            tuning come on top). An exception it raises stops training (finished epochs are kept).
 
     Every epoch writes ``last.pt`` (atomically) and, when the validation F1 at IoU 0.5 improves,
     ``best.pt`` (by the validation loss instead, with a warning, when the validation labels hold
@@ -508,6 +513,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["grad_scaler"])
+        run_start = time.perf_counter()  # the pace of this run, for the callback's ETA
         for epoch in range(start_epoch, config.epochs):
             model.train()
             t0 = time.perf_counter()
@@ -535,6 +541,13 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 sums["class"] += parts["class"]
                 sums["embedding"] += parts["embedding"]
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                if callback is not None:
+                    done = (epoch - start_epoch) * config.steps_per_epoch + step + 1
+                    remaining = (config.epochs - epoch) * config.steps_per_epoch - step - 1
+                    callback({"epoch": epoch + 1, "epochs": config.epochs,
+                              "step": epoch * config.steps_per_epoch + step + 1,
+                              "steps": config.epochs * config.steps_per_epoch, "loss": value,
+                              "eta_seconds": (time.perf_counter() - run_start) / done * remaining})
             _check_finite_weights(model, epoch)
             n = max(config.steps_per_epoch, 1)
             row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,

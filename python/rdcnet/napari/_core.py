@@ -126,11 +126,15 @@ class TrainRequest:
     iterations: int = 5
     factor: int = 4
     device: str = "cpu"
+    overwrite: bool = False  # replace a model already in out_dir (otherwise refused)
 
 
-def train_on_layer(image: np.ndarray, labels: np.ndarray, request: TrainRequest, *, scale=None, rgb: bool = False):
+def train_on_layer(image: np.ndarray, labels: np.ndarray, request: TrainRequest, *, scale=None, rgb: bool = False,
+                   callback: Optional[Callable[[dict], None]] = None):
     """Train a new RDCNet on one image and its (drawn) labels with :func:`rdcnet.train.train`;
-    the same pair serves as validation (there is only one). Returns the ``TrainResult``."""
+    the same pair serves as validation (there is only one). ``callback`` gets the progress of
+    every step (:func:`rdcnet.train.train`). A run folder that already holds a model is refused
+    unless ``request.overwrite``. Returns the ``TrainResult``."""
     from ..model import RDCNet
     from ..postprocess import PostprocessConfig
     from ..train import TrainConfig, train
@@ -154,9 +158,68 @@ def train_on_layer(image: np.ndarray, labels: np.ndarray, request: TrainRequest,
     cfg = TrainConfig(out_dir=request.out_dir, margin=request.margin, crop=crop, epochs=request.epochs,
                       steps_per_epoch=request.steps_per_epoch, augment="rgb" if rgb else "grey",
                       device=request.device, postprocess=post)
+    if not request.overwrite and (Path(request.out_dir) / "best.pt").exists():
+        raise ValueError(f"run folder {request.out_dir} already holds a trained model (best.pt): choose another "
+                         "folder, or tick 'overwrite' to replace it")
     pair = [(image, labels.astype(np.int32))]
-    return train(model, pair, pair, cfg, resume=False, progress=False)
+    return train(model, pair, pair, cfg, resume=False, progress=False, callback=callback)
 
 
-def default_run_dir() -> str:
-    return str(Path.home() / "rdcnet-napari-run")
+class TrainingCancelled(Exception):
+    """The training was stopped from the viewer (its finished epochs are kept)."""
+
+
+def training_progress(image: np.ndarray, labels: np.ndarray, request: TrainRequest, *, scale=None,
+                      rgb: bool = False):
+    """:func:`train_on_layer` as a generator for napari's worker threads: yields the progress of
+    every step (epoch, step, steps, loss, eta_seconds) and returns the ``TrainResult``. Closing
+    the generator (the worker is quit) stops the training at its next step."""
+    import queue
+    import threading
+
+    updates, stop, outcome = queue.Queue(), threading.Event(), {}
+
+    def report(update: dict) -> None:
+        if stop.is_set():
+            raise TrainingCancelled("training stopped from the viewer")
+        updates.put(update)
+
+    def run() -> None:
+        try:
+            outcome["result"] = train_on_layer(image, labels, request, scale=scale, rgb=rgb, callback=report)
+        except BaseException as exc:  # handed to the generator's caller below
+            outcome["error"] = exc
+        finally:
+            updates.put(None)
+
+    thread = threading.Thread(target=run, name="rdcnet-training", daemon=True)
+    thread.start()
+    try:
+        while (update := updates.get()) is not None:
+            yield update
+    finally:
+        stop.set()
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def describe_progress(update: dict) -> str:
+    """One line for a progress update of :func:`training_progress`."""
+    eta = update["eta_seconds"]
+    eta = f"{eta:.0f} s" if eta < 90 else f"{eta / 60:.0f} min"
+    return (f"RDCNet: epoch {update['epoch']}/{update['epochs']}, loss {update['loss']:.3f}, "
+            f"about {eta} left")
+
+
+def default_run_dir(root=None, taken=()) -> str:
+    """A new run folder for the Train widget: the first ``run-NNN`` under ``~/rdcnet-napari-runs``
+    that neither exists nor is in ``taken`` (a training just started), so that no training
+    replaces an earlier one's model."""
+    root = Path.home() / "rdcnet-napari-runs" if root is None else Path(root)
+    taken = {str(Path(t)) for t in taken}
+    n = 1
+    while (root / f"run-{n:03d}").exists() or str(root / f"run-{n:03d}") in taken:
+        n += 1
+    return str(root / f"run-{n:03d}")

@@ -70,7 +70,24 @@ def segment_widget(viewer: napari.Viewer, image: Image, model_path: Path = Path(
     return worker
 
 
+def _one_training_at_a_time(widget) -> None:
+    """While a training runs, its button is disabled (a second click would start a second one);
+    each training gets a new run folder (the next one is offered as soon as one starts)."""
+
+    @widget.called.connect
+    def _on_start(worker):
+        if worker is None:
+            return
+        widget.call_button.enabled = False
+        worker.finished.connect(lambda: setattr(widget.call_button, "enabled", True))
+        current = Path(str(widget.out_dir.value))
+        root = current.parent
+        if current.name.startswith("run-"):  # a folder offered by default_run_dir: offer the next one
+            widget.out_dir.value = Path(_core.default_run_dir(root, taken=[current]))
+
+
 @magic_factory(
+    widget_init=_one_training_at_a_time,
     call_button="Train", out_dir={"mode": "d", "label": "run folder"}, device={"choices": DEVICES},
     epochs={"min": 1, "max": 1000}, steps_per_epoch={"min": 1, "max": 100_000},
     margin={"min": 0.1, "max": 1e3, "tooltip": "ESJ margin, about half the object distance (physical units)"},
@@ -78,15 +95,17 @@ def segment_widget(viewer: napari.Viewer, image: Image, model_path: Path = Path(
 )
 def train_widget(viewer: napari.Viewer, image: Image, labels: Labels,
                  out_dir: Path = Path(_core.default_run_dir()), epochs: int = 5, steps_per_epoch: int = 50,
-                 margin: float = 5.0, iterations: int = 5, device: str = "cpu"):
+                 margin: float = 5.0, iterations: int = 5, device: str = "cpu", overwrite: bool = False):
     """Train a new RDCNet on the image and the objects drawn in the Labels layer; best.pt is written to
-    the run folder (use it in "Segment with RDCNet")."""
+    the run folder (use it in "Segment with RDCNet"). The progress bar shows the epoch, the loss and the
+    time left."""
     if image is None or labels is None:
         raise ValueError("choose an image layer and a Labels layer with drawn objects")
     request = _core.TrainRequest(out_dir=str(out_dir), epochs=epochs, steps_per_epoch=steps_per_epoch, margin=margin,
-                                 iterations=iterations, device=device)
-    worker = create_worker(_core.train_on_layer, image.data, labels.data, request, scale=image.scale, rgb=image.rgb,
-                           _progress={"total": 0, "desc": "RDCNet: training"})
+                                 iterations=iterations, device=device, overwrite=overwrite)
+    worker = create_worker(_core.training_progress, image.data, labels.data, request, scale=image.scale,
+                           rgb=image.rgb, _progress={"total": epochs * steps_per_epoch, "desc": "RDCNet: training"})
+    worker.yielded.connect(lambda update: worker.pbar.set_description(_core.describe_progress(update)))
     worker.returned.connect(lambda result: show_info(
         f"RDCNet: F1@0.5 {result.best_f1:.3f} on the drawn objects; model {result.best_checkpoint}"))
     worker.start()
