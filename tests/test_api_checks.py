@@ -21,7 +21,7 @@ import rdcnet
 from rdcnet import PostprocessConfig, RDCNet, TrainConfig
 from rdcnet.data import nuclei_2d
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INT32_MAX = 2**31 - 1
 
 # Anything a user might pass by mistake, and the values in between.
@@ -115,7 +115,7 @@ def check_against_rule(build, name, value, valid: bool):
 @given(value=ANYTHING)
 def test_rdcnet_constructor(name, value):
     valid = RDCNET_RULES[name](value)
-    if valid and name in BIG and is_int(value, 9):
+    if valid and (name in BIG and is_int(value, 9) or name == "factor" and per_axis(value, 2, lambda x: x > 16)):
         return  # valid, but too big to build here
     check_against_rule(lambda: RDCNet(**{**SMALL, name: value}), name, value, valid)
 

@@ -138,6 +138,7 @@ def hold_lock(path):
     return proc
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_output_the_second_refuses(setup, capsys):
     holder = hold_lock(setup["out"].with_name(setup["out"].name + ".lock"))
     try:

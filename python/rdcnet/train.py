@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._checks import (check_bool, check_choice, check_image, check_int, check_number, check_path, check_per_axis,
+from ._checks import (check_bool, check_image, check_int, check_number, check_path, check_per_axis,
                       resolve_device)
 from ._files import OutputLock, atomic_write, remove_stale_temporaries
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
@@ -108,8 +108,8 @@ class TrainConfig:
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min: expected at most lr ({self.lr:g}), got {self.lr_min:g}")
         self.seed = check_int(self.seed, "seed", minimum=0, maximum=2**63 - 1)
-        if self.amp is not None:
-            check_choice(self.amp, "amp", tuple(AMP_DTYPES))
+        if self.amp is not None and (not isinstance(self.amp, str) or self.amp not in AMP_DTYPES):
+            raise ValueError(f"amp: expected None or one of {', '.join(map(repr, AMP_DTYPES))}, got {self.amp!r}")
         if not isinstance(self.device, str):
             resolve_device(self.device, "device")  # its type error; availability is checked by train()
         self.tune_postprocess = check_bool(self.tune_postprocess, "tune_postprocess")
