@@ -111,7 +111,7 @@ def test_bad_packages_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bioimageio_blockwise_prediction_equals_whole_image_labels(tmp_path):
+def test_bioimageio_blockwise_prediction_equals_whole_image_labels(tmp_path, trained_2d):
     """bioimage.io's own tiled prediction (predict with a block size parameter, as `bioimageio
     predict --blockwise`) of a trained model, decoded as the package's README says, gives the
     labels of whole-image prediction. (Packages used to output tile-relative absolute positions:
@@ -120,24 +120,14 @@ def test_bioimageio_blockwise_prediction_equals_whole_image_labels(tmp_path):
     import io
 
     core = pytest.importorskip("bioimageio.core")
-    from rdcnet import RDCNet, TrainConfig, train
     from rdcnet.metrics import evaluate_image
     from rdcnet_ext import ops
 
-    torch.manual_seed(0)
-    model = RDCNet(ndim=2, in_channels=1, factor=4, groups=4, channels_per_group=8, dilations=(1, 2, 4),
-                   iterations=3, downsampling_channels=8, spacing=(0.5, 0.5))
-    post = PostprocessConfig(margin=2.0, min_votes=3)
-    result = train(model, nuclei_2d(12, (96, 96), seed=0), nuclei_2d(2, (96, 96), seed=1),
-                   TrainConfig(out_dir=str(tmp_path / "run"), margin=2.0, crop=(64, 64), epochs=6, steps_per_epoch=50,
-                               device="cpu", postprocess=post), progress=False)
-    from rdcnet.checkpoint import load_checkpoint
-
-    model, post, _ = load_checkpoint(result.best_checkpoint)
+    model, post, _ = trained_2d
     path = export_bioimageio(model, tmp_path / "m.zip", post)
     descr = core.load_description(path)
     image = nuclei_2d(1, (300, 260), seed=3)[0][0].astype(np.float32)
-    whole = predict(model, image, post)
+    whole = predict(model, image, post, precision="fp32")
 
     def labels_from(offsets, probabilities):  # the package README's decoding
         position = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in offsets.shape[1:]], indexing="ij"))

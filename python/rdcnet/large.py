@@ -511,11 +511,12 @@ def _task_device(device):
     return resolve_device("auto" if device is None else device)
 
 
-def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations):
+def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations, precision="fp32"):
     """Network on one grown block; returns (embeddings (ndim, *core) float32, foreground (*core) bool)."""
     import torch
 
     from .data.dataset import apply_normalization, to_channels_first
+    from .machine import resolve_precision
     from .postprocess import foreground
 
     x = np.array(to_channels_first(np.asarray(image), channel_axis), dtype=np.float32, order="C", copy=True)
@@ -523,7 +524,9 @@ def _predict_block(image, core, region, model, ranges, channel_axis, device, ite
     dev = _task_device(device)
     if next(model.parameters()).device != dev:
         model = model.to(dev)  # a GPU worker runs on its own device
-    with torch.no_grad():
+    compute_dtype = resolve_precision(precision, dev)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=compute_dtype or torch.float32,
+                                         enabled=compute_dtype is not None):
         out = model(torch.from_numpy(x)[None].to(dev), origin=tuple(r.start for r in region), iterations=iterations)
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
     emb = out.embeddings[0][(slice(None),) + inner].float().cpu().numpy()
@@ -579,12 +582,18 @@ class _NetworkPlan:
         return self.image[tuple(index)], region
 
 
-def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None):
+def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None,
+                    precision: str = "auto"):
     """Lazy ``(embeddings (ndim, *S) float32, foreground (*S) bool)`` dask arrays of ``image``
     (NumPy, zarr or dask array; grey, or with a channel axis as :func:`rdcnet.predict.prepare_image`
     accepts), computed block by block: each output chunk runs the network on the chunk grown by
     ``overlap`` pixels (default :func:`receptive_radius`), starting on the model's down-sampling
-    grid, with its global origin, so that the embeddings are global coordinates."""
+    grid, with its global origin, so that the embeddings are global coordinates. ``precision``:
+    as :func:`rdcnet.predict.predict` (each worker resolves "auto" for its own device)."""
+    from .machine import PRECISIONS
+    from ._checks import check_choice
+
+    check_choice(precision, "precision", PRECISIONS)
     dask, da = _dask()
     plan = _NetworkPlan(model, image, chunks, overlap, ranges)
     model_task = dask.delayed(model, pure=True, traverse=False)
@@ -592,7 +601,7 @@ def network_outputs(model, image, chunks=None, overlap=None, device=None, iterat
     for idx, core in plan.blocks:
         block, region = plan.read(core)
         pair = dask.delayed(_predict_block, pure=True, nout=2)(
-            block, core, region, model_task, plan.ranges, plan.channel_axis, device, iterations)
+            block, core, region, model_task, plan.ranges, plan.channel_axis, device, iterations, precision)
         emb[idx], mask[idx] = pair[0], pair[1]
     nested_e = np.empty([len(c) for c in plan.chunks], dtype=object)
     for idx, core in plan.blocks:
@@ -774,10 +783,10 @@ class _WorkDir:
         return {name.name for name in self.done_dir.iterdir()} if self.done_dir.is_dir() else set()
 
 
-def _network_chunk_to_store(block, core, region, model, ranges, channel_axis, device, iterations, z_emb, z_mask,
-                            marker: str) -> int:
+def _network_chunk_to_store(block, core, region, model, ranges, channel_axis, device, iterations, precision, z_emb,
+                            z_mask, marker: str) -> int:
     """Run the network on one grown block, store its chunk, then mark the chunk finished."""
-    emb, mask = _predict_block(block, core, region, model, ranges, channel_axis, device, iterations)
+    emb, mask = _predict_block(block, core, region, model, ranges, channel_axis, device, iterations, precision)
     z_emb[(slice(None),) + tuple(core)] = emb
     z_mask[tuple(core)] = mask
     with open(marker, "w"):  # written after the data: a marker always means a whole chunk
@@ -821,7 +830,7 @@ def _replace_output(staged: Path, out: Path) -> None:
 
 def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap=None, device=None,
                   iterations=None, spacing=None, workdir=None, progress: bool = True, resume: bool = True,
-                  keep_workdir: bool = False):
+                  keep_workdir: bool = False, precision: str = "auto"):
     """Segment an image larger than memory, chunk by chunk, into the labels whole-image
     post-processing of the same network outputs would give.
 
@@ -843,6 +852,8 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
         resume: reuse the chunks a killed or interrupted run with the same model, input and
             chunking finished in ``workdir`` (another run's work folder is refused); False starts over.
         keep_workdir: keep the work folder after the output is written (default: removed).
+        precision: the network's arithmetic, as :func:`rdcnet.predict.predict` ("auto": bfloat16
+            where the hardware has it natively); resolved per worker for its device.
 
     The network outputs are stored once to the work folder (memory stays bounded by the chunk),
     then :func:`embeddings_to_labels` runs on them and the labels are written beside ``out`` and
@@ -858,11 +869,15 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
     import tempfile
 
     dask, da = _dask()
-    from ._checks import check_bool
+    from ._checks import check_bool, check_choice
     from ._files import OutputLock
     from .predict import as_postprocess, check_model
 
+    from ._checks import resolve_device
+    from .machine import PRECISIONS, precision_name, resolve_precision
+
     check_model(model)
+    check_choice(precision, "precision", PRECISIONS)
     postprocess = as_postprocess(postprocess)
     progress, resume, keep_workdir = (check_bool(v, n) for v, n in ((progress, "progress"), (resume, "resume"),
                                                                     (keep_workdir, "keep_workdir")))
@@ -894,7 +909,8 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
                         "shape": list(plan.shape), "channel_axis": plan.channel_axis,
                         "ranges": [None if r is None else [float(v) for v in r] for r in plan.ranges],
                         "chunks": [list(c) for c in plan.chunks], "overlap": list(plan.overlap),
-                        "iterations": opts["iterations"]}
+                        "iterations": opts["iterations"],
+                        "precision": precision_name(resolve_precision(precision, resolve_device(opts["device"] or "auto")))}
             state = _WorkDir(work, identity, resume and not temporary)
             z_emb, z_mask = state.open(plan.shape, [c[0] for c in plan.chunks])
             done = state.finished()
@@ -907,7 +923,7 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
                 block, region = plan.read(core)
                 tasks.append(dask.delayed(_network_chunk_to_store, pure=False)(
                     block, core, region, model_task, plan.ranges, plan.channel_axis, opts["device"],
-                    opts["iterations"], z_emb, z_mask, str(state.done_dir / name)))
+                    opts["iterations"], precision, z_emb, z_mask, str(state.done_dir / name)))
             if done and progress:
                 print(f"resuming: {len(done)} of {len(plan.blocks)} chunks of network outputs are already in {work}",
                       file=sys.stderr)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_bool, check_choice, check_int, check_number_in, check_per_axis
-from .ssdc import apply_ssdc, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
+from .ssdc import apply_ssdc, auto_ssdc_path, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
 
 __all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
 
@@ -60,7 +60,12 @@ class SSDC(nn.Module):
             nn.init.uniform_(b, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def path_for(self, x: torch.Tensor) -> str:
-        """The path this module takes for input ``x`` (autocast included)."""
+        """The path this module takes for input ``x`` (autocast included; ``"auto"`` is measured at
+        the first call of each kind, :func:`rdcnet.ssdc.auto_ssdc_path`)."""
+        if self.path == "auto":
+            needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+            return auto_ssdc_path(x.device, autocast_dtype(x), self.groups, self.weight.shape[1], self.dilations,
+                                  x.shape[0], x.shape[2:], needs_grad, self.negative_slope, input_dtype=x.dtype)
         return choose_ssdc_path(self.path, x.device.type, autocast_dtype(x))
 
     def use_fused(self, x: torch.Tensor) -> bool:
@@ -192,6 +197,21 @@ class RDCNet(nn.Module):
     @ssdc_path.setter
     def ssdc_path(self, path: str) -> None:
         self.block.ssdc.path = requested_path(path)
+
+    def ssdc_path_for(self, batch: int, spatial: Sequence[int], device=None, dtype: Optional[torch.dtype] = None,
+                      needs_grad: bool = False) -> str:
+        """The way this model computes its sSDC for images of ``spatial`` pixels in batches of
+        ``batch`` on ``device`` (default: its parameters') at compute ``dtype`` (default float32; the
+        autocast dtype under autocast), for training (``needs_grad``) or inference: its ``ssdc_path``,
+        or for ``"auto"`` the one measured fastest (timed now if this kind of call is new)."""
+        cfg = self.config
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        dtype = dtype or torch.float32
+        if self.ssdc_path != "auto":
+            return choose_ssdc_path(self.ssdc_path, device.type, dtype)
+        coarse = [-(-int(n) // f) for n, f in zip(spatial, cfg.factor)]  # the recurrent block's map
+        return auto_ssdc_path(device, dtype, cfg.groups, cfg.channels_per_group, cfg.dilations, batch, coarse,
+                              needs_grad, cfg.negative_slope, input_dtype=torch.float32)
 
     @property
     def ndim(self) -> int:

@@ -27,6 +27,7 @@ from .losses import RDCNetLoss
 from .model import RDCNet, RDCNetConfig
 from .postprocess import PostprocessConfig, labels_from_output
 from .predict import channel_axis_of, predict_output
+from .ssdc import SSDC_PATHS
 
 # load_checkpoint and save_checkpoint live in rdcnet.checkpoint (the one owner of model files); they
 # stay importable from here for code written against earlier versions.
@@ -111,7 +112,7 @@ class TrainConfig:
         if self.amp is not None and (not isinstance(self.amp, str) or self.amp not in AMP_DTYPES):
             raise ValueError(f"amp: expected None or one of {', '.join(map(repr, AMP_DTYPES))}, got {self.amp!r}")
         if not isinstance(self.device, str):
-            resolve_device(self.device, "device")  # its type error; availability is checked by train()
+            self.device = str(resolve_device(self.device, "device"))  # stored as text; availability: train()
         self.tune_postprocess = check_bool(self.tune_postprocess, "tune_postprocess")
         self.mask_nonfinite = check_bool(self.mask_nonfinite, "mask_nonfinite")
         make_augmenter(self.augment, len(self.crop) if len(self.crop) > 1 else 2)  # a bad augment fails here
@@ -259,8 +260,8 @@ def _mean_f1(model: RDCNet, outputs, labels, postprocess: PostprocessConfig) -> 
 
 def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
     outputs, losses = [], []
-    for x, y in zip(images, labels):
-        out = predict_output(model, torch.from_numpy(x), device=device)
+    for x, y in zip(images, labels):  # float32 on every machine: the F1 that picks best.pt does not vary
+        out = predict_output(model, torch.from_numpy(x), device=device, precision="fp32")
         yt = torch.from_numpy(y).to(device)[None]
         batched = type(out)(out.embeddings[None], out.probabilities[None], out.logits[None])
         losses.append(float(loss_fn(batched, yt)[0]))
@@ -275,7 +276,7 @@ def tune_postprocess(model: RDCNet, images, labels, postprocess: PostprocessConf
     fine tune the window size on the validation set"). The network runs once per image; only the
     decoding is repeated. ``images`` are normalised (C, *S) arrays. Returns (best config, its F1,
     the F1 of ``postprocess``); ties keep ``postprocess``."""
-    outputs = [predict_output(model, torch.from_numpy(x), device=device) for x in images]
+    outputs = [predict_output(model, torch.from_numpy(x), device=device, precision="fp32") for x in images]
 
     def score(cfg: PostprocessConfig) -> float:
         return _mean_f1(model, outputs, labels, cfg)
@@ -378,6 +379,16 @@ def _read_resume_state(path: Path, model: RDCNet, config: TrainConfig) -> dict:
     return ckpt
 
 
+@contextlib.contextmanager
+def _keeping_ssdc_path(model: RDCNet):
+    """The model's requested sSDC path is the caller's again when training ends (train() fixes it)."""
+    requested = model.ssdc_path
+    try:
+        yield
+    finally:
+        model.ssdc_path = requested
+
+
 def _replan_schedule(optimizer, config: TrainConfig, remaining_steps: int):
     """A cosine from the learning rate reached so far down to ``lr_min`` over the remaining
     steps: the schedule of a run whose ``epochs`` changed continues without a jump."""
@@ -465,7 +476,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     out_dir.mkdir(parents=True, exist_ok=True)
     # One run per folder: a second train() on it (another process, a second click) is refused.
     lock = OutputLock(out_dir / RUN_LOCK, f"run folder {out_dir}") if ctx.is_main else contextlib.nullcontext()
-    with lock:
+    requested_ssdc = model.ssdc_path
+    with lock, _keeping_ssdc_path(model):
         stale = remove_stale_temporaries(out_dir, _RUN_FILES) if ctx.is_main else []  # rank 0 is the only writer
         if stale and progress:
             print(f"removed {len(stale)} temporary file(s) of an interrupted write in {out_dir}", file=sys.stderr)
@@ -509,6 +521,13 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         sampler = _Sampler(train_images, train_labels, config.crop, config.augment, model.config.ndim, rng)
         net = ctx.wrap(model)  # DDP averages the gradients of all ranks
         amp_dtype = AMP_DTYPES.get(config.amp)
+        # The way the sSDC is computed is fixed for the whole run and kept on resume ("auto": the
+        # fastest measured for this run's batches), so that the same command and seed give the same
+        # weights, bit for bit, however the machine's timings vary.
+        if requested_ssdc == "auto":
+            saved = (ckpt or {}).get("ssdc_path")
+            model.ssdc_path = saved if saved in SSDC_PATHS else model.ssdc_path_for(
+                config.batch_size, config.crop, device, amp_dtype, needs_grad=True)
         # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
         scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
@@ -570,7 +589,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}),
-                         grad_scaler=scaler.state_dict() if scaler.is_enabled() else None)
+                         grad_scaler=scaler.state_dict() if scaler.is_enabled() else None, ssdc_path=model.ssdc_path)
             if improved:
                 save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
                                 best_val_loss=best_loss, selected_by=select_by)

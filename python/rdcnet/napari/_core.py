@@ -60,12 +60,14 @@ def _resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray
 
 def segment(image: np.ndarray, model, postprocess, *, scale: Optional[Sequence[float]] = None, rgb: bool = False,
             device: str = "cpu", tile: Optional[int] = None, with_votes: bool = False, with_centres: bool = False,
-            name: str = "image", progress: Optional[Callable[[str], None]] = None) -> List[LayerDataTuple]:
+            name: str = "image", progress: Optional[Callable[[str], None]] = None,
+            precision: str = "auto") -> List[LayerDataTuple]:
     """Segment one image layer's data with a loaded model.
 
     ``scale``: the layer's scale (physical pixel size per axis). When it is given and differs from
     the spacing the model was trained at, the image is resampled to the model's spacing, segmented,
     and the labels are resampled back (nearest neighbour). ``rgb``: the layer is RGB (channels last).
+    ``precision``: the network's arithmetic, as :func:`rdcnet.predict.predict`.
     Returns the Labels layer, and if asked the vote map (Image) and the centres (Points), all placed
     in the layer's physical coordinates."""
     from rdcnet_ext import ops
@@ -91,7 +93,8 @@ def segment(image: np.ndarray, model, postprocess, *, scale: Optional[Sequence[f
     say("segmenting")
     tile_shape = None if not tile else tuple(min(int(tile), n) if cfg.ndim == 2 or a > 0 else n
                                              for a, n in enumerate(work.shape[:cfg.ndim]))
-    labels, out = predict(model, work, postprocess, tile_shape=tile_shape, device=device, return_output=True)
+    labels, out = predict(model, work, postprocess, tile_shape=tile_shape, device=device, return_output=True,
+                          precision=precision)
     # Physical placement: the model grid has the model's spacing when resampled, else the layer's.
     grid_scale = list(model_spacing if resample else (layer_scale or (1.0,) * cfg.ndim))
     meta = {"scale": list(layer_scale or (1.0,) * cfg.ndim)}

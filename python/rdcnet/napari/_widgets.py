@@ -42,13 +42,16 @@ def _prefill_decoding(widget) -> None:
     widget_init=_prefill_decoding, call_button="Segment",
     model_path={"label": "model (best.pt or .zip)", "filter": "*.pt *.zip"},
     device={"choices": DEVICES}, tile={"min": 0, "max": 16384, "step": 64, "tooltip": "0: automatic tiles"},
+    precision={"choices": ["auto", "fp32", "bf16"],
+               "tooltip": "auto: bfloat16 where the CPU/GPU computes it natively (about twice as fast)"},
     min_distance={"min": 0.0, "max": 1e4, "tooltip": "peak window half-size (physical units)"},
     min_votes={"min": 1, "max": 1_000_000}, smooth_radius={"min": 0, "max": 10},
     opening_radius={"min": 0.0, "max": 1e3, "tooltip": "0: no opening"},
     max_distance={"min": 0.0, "max": 1e4, "tooltip": "0: no limit"},
 )
 def segment_widget(viewer: napari.Viewer, image: Image, model_path: Path = Path(""),
-                   device: str = "cpu", tile: int = 0, min_distance: float = 5.0, min_votes: int = 5,
+                   device: str = "cpu", precision: str = "auto", tile: int = 0, min_distance: float = 5.0,
+                   min_votes: int = 5,
                    smooth_radius: int = 1, opening_radius: float = 0.0, max_distance: float = 0.0,
                    add_votes: bool = False, add_centres: bool = False):
     """Segment the image layer with an RDCNet checkpoint or bioimage.io package; adds a Labels layer."""
@@ -62,7 +65,8 @@ def segment_widget(viewer: napari.Viewer, image: Image, model_path: Path = Path(
         post = dataclasses.replace(post, min_distance=min_distance, min_votes=min_votes, smooth_radius=smooth_radius,
                                    opening_radius=opening_radius or None, max_distance=max_distance or None)
         return _core.segment(image.data, model, post, scale=image.scale, rgb=image.rgb, device=device,
-                             tile=tile or None, with_votes=add_votes, with_centres=add_centres, name=image.name)
+                             tile=tile or None, with_votes=add_votes, with_centres=add_centres, name=image.name,
+                             precision=precision)
 
     worker = create_worker(run, _progress={"total": 0, "desc": "RDCNet: segmenting"})
     worker.returned.connect(lambda layers: _add_layers(viewer, layers))
