@@ -148,6 +148,8 @@ PYBIND11_MODULE(_C, m) {
   }, release);
   m.def("ssdc_cpu_isa", [] { return std::string(rdc::ssdc_cpu_isa()); },
         "Vector instruction set the CPU sSDC kernels use on this machine.");
+  m.def("ssdc_cpu_bf16_kind", [] { return std::string(rdc::ssdc_cpu_bf16_kind()); },
+        "The bfloat16 CPU sSDC kernel of this machine (\"avx512_bf16\"), or \"\" where there is none.");
   m.def("ssdc_forward_cpu", [](int64_t batch, int64_t groups, int64_t channels, std::vector<int64_t> shape,
                                std::vector<int64_t> dilations, double slope, int dtype, uintptr_t x, uintptr_t w,
                                uintptr_t b, uintptr_t rw, uintptr_t rb, uintptr_t y, int threads) {

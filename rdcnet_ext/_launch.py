@@ -340,6 +340,12 @@ def embeddings_to_labels(
 
 _SSDC_DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
+#: The bfloat16 CPU sSDC kernel of this machine ("avx512_bf16"), or "" where there is none (bfloat16
+#: CPU tensors are then computed in float32 by the float32 kernel). Read once, at import: a constant
+#: that torch.compile can trace through.
+SSDC_CPU_BF16 = str(_C.ssdc_cpu_bf16_kind())
+
+
 SSDC_KERNEL_ENV = "RDCNET_EXT_SSDC_CUDA_KERNEL"
 SSDC_KERNELS = ("simt", "tensorcore")
 

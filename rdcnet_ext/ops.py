@@ -575,9 +575,11 @@ def ssdc(
     simt kernel; any other value of the variable raises ``ValueError``. Parameter gradients are
     summed in float64 by both kernels.
 
-    dtypes: kernels for float32 and float64 on CPU; float32, float64, float16, bfloat16 on CUDA
-    (float32 accumulation). float16/bfloat16 on CPU are computed in float32 and returned in the
-    input dtype. Under ``torch.autocast`` every tensor is first cast to the autocast dtype of the
+    dtypes: kernels for float32 and float64 on CPU, and bfloat16 on CPUs with AVX512-BF16
+    (``vdpbf16ps``: bfloat16 operands, float32 accumulation; the per-dilation activations are rounded
+    to bfloat16 before the 1x1 reduction, as a bfloat16 chain stores them); float32, float64,
+    float16, bfloat16 on CUDA (float32 accumulation). float16, and bfloat16 on other CPUs, are
+    computed in float32 and returned in the input dtype. Under ``torch.autocast`` every tensor is first cast to the autocast dtype of the
     input's device (float64 inputs are left alone, as autocast does), and the result has that dtype.
     Registered as ``torch.ops.rdcnet_ext.ssdc`` with autograd and a fake kernel, so it trains and
     compiles (``torch.compile(fullgraph=True)``).
@@ -610,7 +612,10 @@ def ssdc(
     negative_slope = _check_slope(negative_slope)
     if x.device.type not in _SSDC_DTYPES:
         raise ValueError(f"x: expected a CPU or CUDA tensor, got a tensor on {x.device}")
-    if x.dtype not in _SSDC_DTYPES[x.device.type] and x.dtype not in (torch.float16, torch.bfloat16):
+    native = _SSDC_DTYPES[x.device.type]
+    if x.device.type == "cpu" and _launch.SSDC_CPU_BF16:
+        native = native + (torch.bfloat16,)  # AVX512-BF16: a bfloat16 kernel (float32 accumulation)
+    if x.dtype not in native and x.dtype not in (torch.float16, torch.bfloat16):
         allowed = ", ".join(str(d) for d in _SSDC_DTYPES[x.device.type])
         raise TypeError(f"x: expected one of {allowed} (or float16/bfloat16, computed in float32) on "
                         f"{x.device.type}, got {_describe(x)}")
@@ -621,8 +626,8 @@ def ssdc(
     )
     bias = x.new_zeros(gc) if bias is None else _check_ssdc_tensor(bias, "bias", (gc,), x)
     reduce_bias = x.new_zeros(gc) if reduce_bias is None else _check_ssdc_tensor(reduce_bias, "reduce_bias", (gc,), x)
-    if x.dtype not in _SSDC_DTYPES[x.device.type]:
-        # No half-precision kernel on this device: compute in float32, answer in the input's dtype.
+    if x.dtype not in native:
+        # No kernel for this half precision on this device: compute in float32, answer in its dtype.
         y = _library.ssdc(x.float().contiguous(), weight.float(), bias.float(), reduce_weight.float(),
                           reduce_bias.float(), dilations, int(groups), negative_slope)
         return y.to(x.dtype)

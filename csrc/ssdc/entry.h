@@ -10,7 +10,7 @@ namespace rdc {
 
 enum SsdcDtype : int { kSsdcF32 = 0, kSsdcF64 = 1, kSsdcF16 = 2, kSsdcBF16 = 3 };
 
-// ---- CPU (float32, float64) -------------------------------------------------------------------
+// ---- CPU (float32, float64; bfloat16 with AVX512-BF16) -------------------------------------------
 // y = ssdc(x). All arrays of the dtype.
 void ssdc_forward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
                       const void* rw, const void* rb, void* y, int threads);
@@ -20,6 +20,9 @@ void ssdc_backward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* 
                        void* grb, int threads);
 // Which vector code path the CPU kernels use on this machine ("avx512", "avx2" or "generic").
 const char* ssdc_cpu_isa();
+// The bfloat16 CPU kernel of this machine: "avx512_bf16", or "" where there is none (the CPU
+// lacks AVX512-BF16, or RDCNET_EXT_SSDC_ISA caps the variants); dtype 3 is refused then.
+const char* ssdc_cpu_bf16_kind();
 
 // ---- CUDA, CUDA-core kernels (float32, float64, float16, bfloat16; ssdc_cuda.cu) ---------------
 // Launch on `stream` of `device`, no synchronisation. Forward writes y (the dtype). Backward

@@ -33,6 +33,12 @@ RDC_SSDC_DECLARE(ssdc_avx2)
 #endif
 #ifdef RDC_SSDC_AVX512
 RDC_SSDC_DECLARE(ssdc_avx512)
+// bfloat16 (ssdc_cpu_bf16.cpp): vdpbf16ps micro-kernels.
+namespace ssdc_bf16 {
+void forward(const SsdcArgs&, const void*, const void*, const void*, const void*, const void*, void*, int);
+void backward(const SsdcArgs&, const void*, const void*, const void*, const void*, const void*, void*, void*, void*,
+              void*, void*, int);
+}
 #endif
 
 namespace {
@@ -63,11 +69,34 @@ Isa isa() {
   return chosen;
 }
 
+// The bfloat16 kernels: AVX512-BF16 where the CPU has it and RDCNET_EXT_SSDC_ISA does not cap the
+// variants below AVX-512 with bf16 (any value caps it: "avx512" keeps float32 on AVX-512 and lets
+// Python compute bfloat16 in float32). An AMX micro-kernel would be another kind here.
+enum class Bf16Kind { none, avx512_bf16 };
+
+Bf16Kind detect_bf16() {
+#ifdef RDC_SSDC_AVX512
+  if (std::getenv("RDCNET_EXT_SSDC_ISA")) return Bf16Kind::none;
+  __builtin_cpu_init();
+  if (isa() == Isa::avx512 && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"))
+    return Bf16Kind::avx512_bf16;
+#endif
+  return Bf16Kind::none;
+}
+
+Bf16Kind bf16_kind() {
+  static const Bf16Kind chosen = detect_bf16();
+  return chosen;
+}
+
 void check(const SsdcArgs& a, int dtype) {
   if (a.ndim != 2 && a.ndim != 3) throw std::invalid_argument("ssdc: ndim must be 2 or 3");
   if (a.ndil < 1 || a.ndil > kSsdcMaxDilations) throw std::invalid_argument("ssdc: 1 to 16 dilations");
-  if (dtype != kSsdcF32 && dtype != kSsdcF64)
-    throw std::invalid_argument("ssdc: the CPU kernels take float32 or float64, got dtype code " + std::to_string(dtype));
+  if (dtype == kSsdcBF16 && bf16_kind() == Bf16Kind::none)
+    throw std::invalid_argument("ssdc: no bfloat16 CPU kernel on this machine (it needs AVX512-BF16)");
+  if (dtype != kSsdcF32 && dtype != kSsdcF64 && dtype != kSsdcBF16)
+    throw std::invalid_argument("ssdc: the CPU kernels take float32, float64 or bfloat16, got dtype code " +
+                                std::to_string(dtype));
 }
 
 }  // namespace
@@ -80,9 +109,14 @@ const char* ssdc_cpu_isa() {
   }
 }
 
+const char* ssdc_cpu_bf16_kind() { return bf16_kind() == Bf16Kind::avx512_bf16 ? "avx512_bf16" : ""; }
+
 void ssdc_forward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* w, const void* b,
                       const void* rw, const void* rb, void* y, int threads) {
   check(a, dtype);
+#ifdef RDC_SSDC_AVX512
+  if (dtype == kSsdcBF16) return ssdc_bf16::forward(a, x, w, b, rw, rb, y, threads);
+#endif
   switch (isa()) {
 #ifdef RDC_SSDC_AVX512
     case Isa::avx512: return ssdc_avx512::forward(a, dtype, x, w, b, rw, rb, y, threads);
@@ -98,6 +132,9 @@ void ssdc_backward_cpu(const SsdcArgs& a, int dtype, const void* x, const void* 
                        const void* rw, const void* gy, void* gx, void* gw, void* gb, void* grw,
                        void* grb, int threads) {
   check(a, dtype);
+#ifdef RDC_SSDC_AVX512
+  if (dtype == kSsdcBF16) return ssdc_bf16::backward(a, x, w, b, rw, gy, gx, gw, gb, grw, grb, threads);
+#endif
   switch (isa()) {
 #ifdef RDC_SSDC_AVX512
     case Isa::avx512: return ssdc_avx512::backward(a, dtype, x, w, b, rw, gy, gx, gw, gb, grw, grb, threads);

@@ -106,6 +106,19 @@ struct Kern {
     }
   }
 
+  // g[j] = LeakyReLU'(z[j]) g[j] for j < n, 0 for n <= j < np (np a multiple of VW); returns the sum.
+  static double leaky_backward_row(const T* z, T* g, int64_t n, int64_t np, T slope) {
+    V sum = {};
+    for (int64_t j = 0; j < np; j += VW) {
+      const V zv = load(z + j);
+      V gv = load(g + j);
+      for (int l = 0; l < VW; ++l) gv[l] = j + l < n ? (zv[l] > T(0) ? gv[l] : gv[l] * slope) : T(0);
+      store(g + j, gv);
+      sum += gv;
+    }
+    return hsum(sum);
+  }
+
   // out[k][m] += sum_{j < n} at[j * lda + m] * b[k][j] for k < NB, m < Mv * VW (Mv a multiple of
   // 4): gradient accumulation with vectors along m (a transposed tile) and positions j as the
   // reduction, so nothing is summed horizontally; out rows are float64.
@@ -343,16 +356,10 @@ void backward(const SsdcArgs& args, const T* x, const T* w, const T* b, const T*
             std::fill(gz.begin(), gz.end(), T(0));
             KT::conv_tile(gz.data(), ldz, Lp, Cp, gyt.data(), Cp, 1, ldz, zero_row, 1,
                           pt.data() + (g * D + di) * Cp * Cp * 3, 0, 1, 0, 0);
-            for (int64_t co = 0; co < Cp; ++co) {
+            for (int64_t co = 0; co < Cp; ++co) {  // rows past C are 0 (zero weights)
               T* zr = z.data() + co * ldz;
-              T* gr = gz.data() + co * ldz;
-              double s = 0;
-              for (int64_t j = 0; j < Lp; ++j) {
-                const T gzv = j < L && co < C ? ssdc_leaky_backward(zr[j], gr[j], P.slope) : T(0);
-                gr[j] = gzv;
-                zr[j] = ssdc_leaky(zr[j], P.slope);
-                s += double(gzv);
-              }
+              const double s = KT::leaky_backward_row(zr, gz.data() + co * ldz, L, Lp, P.slope);
+              for (int64_t j = 0; j < Lp; ++j) zr[j] = ssdc_leaky(zr[j], P.slope);
               if (co < C) ab[g * C + co] += s;
             }
             // grad P_d[o][co] += sum_j gy[o][j] a[co][j]  (vectors along o: arw is [g][d][co][o]).
