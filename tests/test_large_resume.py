@@ -191,3 +191,16 @@ def test_without_the_large_extra_one_line_says_what_to_install(tmp_path, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["rdcnet predict: error: OME-Zarr and chunked prediction need the 'large' extra (zarr not "
                    "installed): pip install 'rdcnet[large]'"]
+
+
+@pytest.mark.slow
+def test_a_folder_that_is_not_a_work_folder_is_never_deleted(setup, capsys):
+    """--workdir pointing at a user's folder (a typo): refused, even with --no-resume; nothing deleted."""
+    mine = setup["run"].parent / "my-data"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    argv = setup["argv"] + ["--workdir", str(mine)]
+    for extra in ([], ["--no-resume"]):
+        assert main(argv + extra) == 2
+        assert "is not the work folder of a chunked prediction" in capsys.readouterr().err
+    assert (mine / "precious.txt").read_text() == "keep me"

@@ -726,6 +726,10 @@ class _WorkDir:
         self.path, self.identity = Path(path), json.loads(json.dumps(identity))
         self.done_dir = self.path / "done"
         record = self.path / "run.json"
+        if self.path.exists() and not record.is_file() and (not self.path.is_dir() or any(self.path.iterdir())):
+            # Never delete or fill a folder that is not a work folder of ours (a mistyped --workdir).
+            raise ValueError(f"workdir {self.path}: exists and is not the work folder of a chunked prediction; "
+                             "choose an empty or new folder")
         if self.path.exists() and not resume:
             shutil.rmtree(self.path)
         if record.is_file():
@@ -738,9 +742,6 @@ class _WorkDir:
                               if (saved or {}).get(k) != self.identity.get(k))
                 raise ValueError(f"workdir {self.path}: holds the network outputs of another run ({', '.join(what)} "
                                  "differ); to start over pass resume=False (--no-resume), or use another workdir")
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise ValueError(f"workdir {self.path}: exists and is not the work folder of a chunked prediction; "
-                             "choose an empty or new folder")
 
     def open(self, shape, chunks):
         """(embeddings, foreground) zarr arrays, created on the first run, reopened on a rerun."""
