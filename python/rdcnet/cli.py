@@ -17,6 +17,7 @@ import numpy as np
 
 from ._checks import check_int, check_number, check_per_axis, resolve_device
 from .demo import DEMO_DURATION
+from .machine import PRECISIONS
 from .postprocess import check_postprocess_value
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -167,7 +168,6 @@ def cmd_demo(args) -> int:
 
     if not args.quick:
         _warn_if_busy(args)
-
     return run_demo(out_dir=Path(args.out), steps=args.steps, seed=args.seed, device=args.device, quick=args.quick)
 
 
@@ -491,6 +491,11 @@ SSDC_HELP = ("how the sSDC is computed: auto (default: the fastest, timed on thi
              "(about half the memory) or fused (rdcnet_ext's kernel, least memory)")
 
 
+def _add_threads(parser) -> None:
+    parser.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
+                                                                 "other work runs on the machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="rdcnet",
@@ -506,8 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_count(), default=500, help="training steps per epoch, 12 epochs (default: %(default)s)")
     d.add_argument("--seed", type=_count(0, SEED_MAX), default=0)
     d.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    d.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
-                                                            "other work runs on the machine)")
+    _add_threads(d)
     d.add_argument("--quick", action="store_true", help="a 20-step run to check the installation (about 10 seconds)")
     d.set_defaults(func=cmd_demo)
 
@@ -555,8 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA); "
                                                           "default: float32")
     t.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
-    t.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
-                                                            "other work runs on the machine)")
+    _add_threads(t)
     t.add_argument("--nproc", type=_count(), help="train with DistributedDataParallel on this many processes of this "
                                                  "machine (one GPU each with CUDA; gloo on CPU); same as "
                                                  "'torchrun --nproc-per-node N -m rdcnet train ...'")
@@ -582,10 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label-wise opening radius (default: from the checkpoint)")
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (large images: each dask "
                                                                  "worker uses its own GPU with auto)")
-    r.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
-                                                            "other work runs on the machine)")
+    _add_threads(r)
     r.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
-    r.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    r.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's arithmetic: auto (default: bfloat16 where the CPU or GPU computes it natively, "
                         "about twice as fast; float32 elsewhere), fp32 or bf16")
     large = r.add_argument_group("large images (OME-Zarr/TIFF, chunked; exact: equals whole-image decoding)")
@@ -725,6 +727,7 @@ def _run(args) -> int:
         print(f"rdcnet {args.command}: interrupted ({note})", file=sys.stderr)
         return 130
     return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())
