@@ -98,6 +98,7 @@ def test_under_autocast_the_model_block_uses_the_bf16_kernel():
     assert y.dtype == torch.bfloat16 and torch.equal(y, direct)
 
 
+@pytest.mark.slow  # a fresh interpreter (~5 s)
 def test_without_the_kernel_bf16_is_computed_in_float32(tmp_path):
     """RDCNET_EXT_SSDC_ISA caps the CPU variants below AVX512-BF16: bfloat16 is then upcast to float32
     (as on CPUs without it), and still matches the reference."""
