@@ -509,7 +509,7 @@ def _task_device(device):
     return resolve_device("auto" if device is None else device)
 
 
-def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations):
+def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations, threshold=None):
     """Network on one grown block; returns (embeddings (ndim, *core) float32, foreground (*core) bool)."""
     import torch
 
@@ -525,7 +525,7 @@ def _predict_block(image, core, region, model, ranges, channel_axis, device, ite
         out = model(torch.from_numpy(x)[None].to(dev), origin=tuple(r.start for r in region), iterations=iterations)
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
     emb = out.embeddings[0][(slice(None),) + inner].float().cpu().numpy()
-    mask = foreground(out.probabilities[0][(slice(None),) + inner]).cpu().numpy()
+    mask = foreground(out.probabilities[0][(slice(None),) + inner], threshold).cpu().numpy()
     return np.ascontiguousarray(emb), np.ascontiguousarray(mask)
 
 
@@ -543,12 +543,14 @@ def _sample_ranges(image, channel_axis, max_samples: int = 1 << 24):
     return normalization_ranges(x)
 
 
-def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None):
+def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None,
+                    foreground_threshold=None):
     """Lazy ``(embeddings (ndim, *S) float32, foreground (*S) bool)`` dask arrays of ``image``
     (NumPy, zarr or dask array; grey, or with a channel axis as :func:`rdcnet.predict.prepare_image`
     accepts), computed block by block: each output chunk runs the network on the chunk grown by
     ``overlap`` pixels (default :func:`receptive_radius`), starting on the model's down-sampling
-    grid, with its global origin, so that the embeddings are global coordinates."""
+    grid, with its global origin, so that the embeddings are global coordinates.
+    ``foreground_threshold``: as :attr:`rdcnet.postprocess.PostprocessConfig.foreground_threshold`."""
     dask, da = _dask()
     from .predict import DEFAULT_TILE, channel_axis_of
 
@@ -575,7 +577,8 @@ def network_outputs(model, image, chunks=None, overlap=None, device=None, iterat
         for a, r in zip(spatial_axes, region):
             read[a] = r
         pair = dask.delayed(_predict_block, pure=True, nout=2)(
-            image[tuple(read)], core, region, model_task, ranges, channel_axis, device, iterations)
+            image[tuple(read)], core, region, model_task, ranges, channel_axis, device, iterations,
+            foreground_threshold)
         emb[idx], mask[idx] = pair[0], pair[1]
     nested_e = np.empty([len(c) for c in chunks], dtype=object)
     for idx, core in _blocks(chunks):
@@ -686,8 +689,13 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
 
         image, image_spacing, _ = open_image(image)
     out_spacing = tuple(spacing) if spacing is not None else (image_spacing or tuple(model.config.spacing))
+    if postprocess.tta:
+        import warnings
+
+        warnings.warn("postprocess.tta: the chunked path runs the network once per block, without test-time "
+                      "augmentation", stacklevel=2)
     embeddings, mask = network_outputs(model, image, chunks=chunks, overlap=overlap, device=device,
-                                       iterations=iterations)
+                                       iterations=iterations, foreground_threshold=postprocess.foreground_threshold)
     from pathlib import Path
 
     base = Path(out).parent if out is not None else None

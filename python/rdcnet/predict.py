@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .model import RDCNet, RDCNetOutput
+from .model import RDCNet, RDCNetOutput, pixel_coordinates
 from .postprocess import PostprocessConfig, labels_from_output
 
 __all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "check_tile_shape"]
@@ -108,11 +108,15 @@ def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], fa
 @torch.no_grad()
 def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence[int]] = None,
                    overlap: Optional[Sequence[int]] = None, device=None,
-                   iterations: Optional[int] = None, progress: bool = False) -> RDCNetOutput:
+                   iterations: Optional[int] = None, progress: bool = False, tta: bool = False) -> RDCNetOutput:
     """Model output for one normalised image ``x`` (C, *S): embeddings (ndim, *S) and
     probabilities (n_classes, *S) on ``device``. Large images are processed in overlapping tiles
     (at least :func:`min_tile_shape`) whose centres are stitched; embeddings stay global because
-    each tile passes its origin. ``progress`` shows a bar over the tiles."""
+    each tile passes its origin. ``progress`` shows a bar over the tiles. ``tta``: average the
+    outputs of the flipped and rotated image (:mod:`rdcnet.tta`; 4 or 8 network runs)."""
+    if tta:
+        return _tta_output(model, x, lambda xt: predict_output(model, xt, tile_shape, overlap, device, iterations,
+                                                               progress))
     cfg = model.config
     device = torch.device(device) if device is not None else next(model.parameters()).device
     spatial = tuple(x.shape[1:])
@@ -147,9 +151,29 @@ def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence
         model.train(was_training)
 
 
+def _tta_output(model: RDCNet, x: torch.Tensor, run) -> RDCNetOutput:
+    """``run`` (one normalised image → RDCNetOutput) on every :func:`rdcnet.tta.transforms` of
+    ``x``; offsets and probabilities mapped back and averaged (the arithmetic of the exported
+    pipeline's ``outputs``, so both give the same numbers)."""
+    from . import tta
+
+    moves = tta.transforms(model.config.spacing, model.config.factor)
+    sums = None
+    for k, flip in moves:
+        out = run(tta.forward(x, k, flip == 1))
+        emb = out.embeddings
+        offsets = emb - pixel_coordinates(emb.shape[1:], model.config.spacing, device=emb.device).to(emb.dtype)
+        parts = (tta.backward_offsets(offsets, k, flip == 1), tta.backward(out.probabilities, k, flip == 1),
+                 tta.backward(out.logits, k, flip == 1))
+        sums = parts if sums is None else tuple(a + b for a, b in zip(sums, parts))
+    offsets, probabilities, logits = (s / len(moves) for s in sums)
+    embeddings = offsets + pixel_coordinates(x.shape[1:], model.config.spacing, device=offsets.device).to(offsets.dtype)
+    return RDCNetOutput(embeddings, probabilities, logits)
+
+
 def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, None] = None,
             tile_shape: Optional[Sequence[int]] = None, device=None, iterations: Optional[int] = None,
-            return_output: bool = False, progress: bool = False):
+            return_output: bool = False, progress: bool = False, tta: Optional[bool] = None):
     """Segment one raw image into int32 instance labels (NumPy, same spatial shape).
 
     Args:
@@ -162,6 +186,9 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
         iterations: stop the recurrence after this many steps (default: the configured number).
         return_output: also return the :class:`RDCNetOutput` (embeddings, probabilities).
         progress: show a progress bar over the tiles of a large image.
+        tta: test-time augmentation (:mod:`rdcnet.tta`): average the outputs of the flipped and
+            rotated image (None: as ``postprocess.tta`` says, which training sets only where it
+            helped on the validation images).
 
     Non-finite input pixels (NaN, ±Inf) are labelled 0 (with a warning giving their count); they
     take no part in the normalisation, enter the network as 0 and cast no votes, so one bad patch
@@ -179,7 +206,9 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
         postprocess = PostprocessConfig(**postprocess)
     postprocess = postprocess or PostprocessConfig()
     x, bad = prepare_image(image, model, return_nonfinite=True)
-    out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations, progress=progress)
+    tta = postprocess.tta if tta is None else bool(tta)
+    out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations, progress=progress,
+                         tta=tta)
     if bad is not None:  # no data there: background, and no votes from it
         keep = torch.from_numpy(~bad).to(out.probabilities.device)
         probabilities = out.probabilities.clone()
