@@ -431,19 +431,20 @@ def test_tuning_finds_the_foreground_threshold_and_equals_the_decoding():
 
 def zero_offset_model(spacing=(1.0, 1.0), factor=4):
     torch.manual_seed(0)
-    model = RDCNet(2, 1, factor=factor, spacing=spacing, **TINY_WIDTH)
+    model = RDCNet(len(spacing), 1, factor=factor, spacing=spacing, **TINY_WIDTH)
     torch.nn.init.zeros_(model.up.weight)
     torch.nn.init.zeros_(model.up.bias)
     return model.eval()
 
 
-@pytest.mark.parametrize("spacing, factor, moves", [((1.0, 1.0), 4, 8), ((0.5, 0.26), 4, 4), ((1.0, 1.0), (2, 4), 4)])
+@pytest.mark.parametrize("spacing, factor, moves", [((1.0, 1.0), 4, 8), ((0.5, 0.26), 4, 4), ((1.0, 1.0), (2, 4), 4),
+                                                    ((2.0, 0.5, 0.5), (1, 2, 2), 8)])
 def test_tta_embeddings_equal_plain_ones_with_zero_offsets(spacing, factor, moves):
     from rdcnet import tta
 
     model = zero_offset_model(spacing, factor)
     assert len(tta.transforms(model.config.spacing, model.config.factor)) == moves
-    x = torch.rand(1, 37, 50)
+    x = torch.rand(1, 37, 50) if len(spacing) == 2 else torch.rand(1, 5, 13, 17)
     plain, augmented = predict_output(model, x), predict_output(model, x, tta=True)
     assert torch.equal(plain.embeddings, augmented.embeddings)
     torch.testing.assert_close(plain.probabilities, augmented.probabilities)
@@ -485,10 +486,10 @@ def test_tta_and_threshold_in_the_exported_pipeline_equal_predict():
     model = RDCNet(2, 1, factor=4, **TINY_WIDTH).eval()
     torch.nn.init.normal_(model.up.weight, std=0.05)
     image = nuclei_2d(1, (45, 58), seed=2)[0][0]
-    for post in (PostprocessConfig(margin=4.0, min_votes=2, tta=True, foreground_threshold=0.45),
-                 PostprocessConfig(margin=4.0, min_votes=2, foreground_threshold=0.3)):
+    for post, compile in ((PostprocessConfig(margin=4.0, min_votes=2, tta=True, foreground_threshold=0.45), script),
+                          (PostprocessConfig(margin=4.0, min_votes=2, foreground_threshold=0.3), lambda m: m)):
         labels, out = predict(model, image, post, return_output=True)
-        pipeline = script(build_pipeline(model, post))
+        pipeline = compile(build_pipeline(model, post))  # (scripted once: compiling takes seconds)
         emb, prob = pipeline.outputs(torch.from_numpy(image))
         assert torch.equal(emb, out.embeddings) and torch.equal(prob, out.probabilities)
         assert np.array_equal(pipeline(torch.from_numpy(image)).numpy(), labels)
