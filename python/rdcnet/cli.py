@@ -71,6 +71,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    from .plan import parse_duration
+
+    try:
+        return parse_duration(text, "")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip(": ")) from None
+
+
 def _device(text: str) -> str:
     try:
         resolve_device(text, what="")
@@ -185,8 +194,51 @@ def _train_from_config(args) -> int:
     return 0
 
 
+PLAN_ENV = "RDCNET_PLAN"  # the plan file --nproc's parent made, for the processes it starts
+
+
+def _train_options(args, ndim: int) -> dict:
+    """The settings given explicitly on the command line (None: planned)."""
+    return {"margin": args.margin, "factor": _per_axis(args.factor, ndim, "factor"),
+            "crop": _per_axis(args.crop, ndim, "crop"), "dilations": args.dilations, "groups": args.groups,
+            "channels_per_group": args.channels, "downsampling_channels": args.downsampling_channels,
+            "iterations": args.iterations, "batch_size": args.batch, "precision": args.amp, "augment": args.augment,
+            "time": args.time, "epochs": args.epochs, "steps_per_epoch": args.steps, "lr": args.lr,
+            "min_votes": args.min_votes, "opening_radius": args.opening_radius}
+
+
+def _train_plan(args, options: dict, pairs, val, spacing, ndim: int, in_channels: int):
+    """The run's plan: the saved one (``--plan``, the --nproc parent's, or the run folder's when
+    resuming) with this command's options, else a new one from the data and this machine."""
+    from .plan import PLAN_FILE, Plan, crop_sampler, fingerprint, plan_training
+
+    out = Path(args.out)
+    source = args.plan or os.environ.get(PLAN_ENV)
+    if source is None and not args.no_resume and (out / "last.pt").exists() and (out / PLAN_FILE).exists():
+        source = out / PLAN_FILE  # a resumed run keeps its plan (no new measurement)
+    if source is not None:
+        try:
+            saved = Plan.load(source)
+        except FileNotFoundError:
+            raise UsageError(f"--plan: no such file: {source}") from None
+        fp = saved.fingerprint
+        if (fp.ndim, fp.channels) != (ndim, in_channels):
+            raise UsageError(f"--plan {source}: made for {fp.ndim}D images with {fp.channels} channel(s), these are "
+                             f"{ndim}D with {in_channels}")
+        return saved.with_options(options)
+    timed = options["epochs"] is None or options["steps_per_epoch"] is None
+    if timed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("under torchrun each process would measure its own plan: give --epochs and --steps, or "
+                         "--plan FILE, or start with 'rdcnet train --nproc N'")
+    fp = fingerprint(pairs + val, spacing)
+    val_pixels = sum(int(np.prod(labels.shape)) for _, labels in val)
+    return plan_training(fp, options, device=args.device or "auto", val_pixels=val_pixels,
+                         sample=crop_sampler(pairs, seed=args.seed))
+
+
 def cmd_train(args) -> int:
-    if args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    parent = args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    if parent and args.config:
         from .distributed import launch, without_option
 
         return launch(args.nproc, without_option(args.argv, "--nproc"))
@@ -196,11 +248,14 @@ def cmd_train(args) -> int:
         raise UsageError("give --images, --labels and --out (or --config FILE)")
     if bool(args.val_images) != bool(args.val_labels):
         raise UsageError("--val-images and --val-labels go together")
+    if args.time is not None and args.epochs is not None and args.steps is not None:
+        raise UsageError("--time: the time budget plans --epochs and --steps; give --time or both of them, not all "
+                         "three")
     import torch
 
     from .model import RDCNet
-    from .postprocess import PostprocessConfig
-    from .train import TrainConfig, check_crop, check_finite_pixels, resume_state, train
+    from .plan import PLAN_FILE
+    from .train import check_crop, check_finite_pixels, resume_state, train
 
     pairs, paths = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
     val, val_paths = [], []
@@ -211,14 +266,10 @@ def cmd_train(args) -> int:
         for (image, _), path in zip(pairs + val, paths + val_paths):
             check_finite_pixels(image, str(path), "--mask-nonfinite")
     spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
-    factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
-    shapes = [labels.shape for _, labels in pairs]
-    if args.crop is not None:  # an explicit crop larger than every image is refused
-        crop = check_crop(_per_axis(args.crop, ndim, "crop"), factor, "--crop", image_shapes=shapes)
-    else:  # the default crop, clipped to the images (never below one down-sampling step)
-        default = (16, 128, 128) if ndim == 3 else (256, 256)
-        largest = [max(s[a] for s in shapes) for a in range(ndim)]
-        crop = check_crop(tuple(max(f, min(c, n)) for c, n, f in zip(default, largest, factor)), factor, "--crop")
+    options = _train_options(args, ndim)
+    shapes = [labels.shape for _, labels in pairs + val]
+    if options["crop"] is not None:  # an explicit crop larger than every image is refused before planning
+        check_crop(options["crop"], options["factor"] or (1,) * ndim, "--crop", image_shapes=shapes)
     if not args.val_images:
         if len(pairs) < 2:
             raise UsageError("need at least 2 training images to hold one out for validation "
@@ -230,23 +281,28 @@ def cmd_train(args) -> int:
         order = np.random.default_rng(args.seed).permutation(len(pairs))
         val = [pairs[i] for i in order[:n_val]]
         pairs = [pairs[i] for i in order[n_val:]]
-    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop,
-                      epochs=50 if args.epochs is None else args.epochs,
-                      steps_per_epoch=100 if args.steps is None else args.steps,
-                      lr=1e-3 if args.lr is None else args.lr,
-                      augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
-                      seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite, amp=args.amp,
-                      postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
-                                                    opening_radius=args.opening_radius))
+    main = os.environ.get("RANK", "0") == "0"  # once per DDP job
+    plan = _train_plan(args, options, pairs, val, spacing, ndim, in_channels)
+    check_crop(plan.values["crop"], plan.values["factor"], "--crop", image_shapes=shapes)
+    cfg = plan.train_config(args.out, seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite,
+                            tune_postprocess=not args.no_tune)
     torch.manual_seed(args.seed)  # the initial weights too: same command and seed, same run
-    model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
-                   dilations=args.dilations, iterations=args.iterations, spacing=spacing,
-                   downsampling_channels=args.downsampling_channels, ssdc_path=args.ssdc)
+    model = RDCNet(ndim, in_channels, spacing=spacing, ssdc_path=args.ssdc, **plan.model_kwargs())
     if not args.no_resume:
         resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
-    if os.environ.get("RANK", "0") == "0":  # once per DDP job
+    if main:
+        if os.environ.get(PLAN_ENV) is None:  # (--nproc's processes: their parent printed it)
+            print(plan.fingerprint.table() + "\n" + plan.table(), file=sys.stderr)
+        path = plan.save(Path(args.out) / PLAN_FILE)
+    if parent:  # the processes plan nothing: they read this plan
+        os.environ[PLAN_ENV] = str(path.resolve())
+        from .distributed import launch, without_option
+
+        return launch(args.nproc, without_option(args.argv, "--nproc"))
+    if main:
         print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}; plan in {path}",
+              file=sys.stderr)
         _warn_if_busy(args)
     result = train(model, pairs, val, cfg, resume=not args.no_resume)
     _report_training(result)
@@ -322,7 +378,7 @@ def _predict_large(args) -> int:
         raise UsageError(f"--out: expected a .zarr (OME-Zarr labels) or .tif path for a large image, got {out}")
     model, post = _load_model(args.model, "cpu")
     model.ssdc_path = args.ssdc
-    for name in ("min_distance", "min_votes", "opening_radius"):
+    for name in ("min_distance", "min_votes", "opening_radius", "foreground_threshold", "tta"):
         value = getattr(args, name)
         if value is not None:
             setattr(post, name, value)
@@ -352,7 +408,7 @@ def cmd_predict(args) -> int:
     tile = None
     if args.tile is not None:
         tile = check_tile_shape(_per_axis(args.tile, model.config.ndim, "tile"), model.config, "--tile")
-    for name in ("min_distance", "min_votes", "opening_radius"):
+    for name in ("min_distance", "min_votes", "opening_radius", "foreground_threshold", "tta"):
         value = getattr(args, name)
         if value is not None:
             setattr(post, name, value)
@@ -518,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on image/label folders",
                        description="Train RDCNet on pairs of images and instance labels (same file names in "
                                    "the two folders; TIFF or PNG; 2D, 2D RGB or 3D).")
-    t.epilog = ("examples: rdcnet train --images data/images --labels data/labels --out runs/nuclei --margin 5 | "
+    t.epilog = ("examples: rdcnet train --images data/images --labels data/labels --out runs/nuclei (every setting "
+                "planned from the data and the machine; plan.json in the run folder) | ... --time 30m --margin 4 | "
                 "rdcnet train --config configs/monuseg.toml (rerun the same command to resume)")
     t.add_argument("--config", help="experiment file (configs/*.toml): data, model and training settings; "
                                     "--out/--epochs/--steps/--lr/--device override it")
@@ -531,22 +588,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder: checkpoints, log.csv, training.png")
     t.add_argument("--ndim", type=int, choices=(2, 3), help="spatial dimensions (default: from the images)")
     t.add_argument("--spacing", type=_floats, help="pixel size per axis, e.g. 2,0.26,0.26 (default: 1)")
-    t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: 4 in 2D, 1,4,4 in 3D)")
-    t.add_argument("--crop", type=_ints, help="training crop in pixels (default: 256 in 2D, 16,128,128 in 3D)")
-    t.add_argument("--margin", type=_post("margin"), default=5.0, help="ESJ margin in physical units (default: %(default)s)")
-    t.add_argument("--epochs", type=_count(), help="default: 50; a larger value on resume extends the run")
-    t.add_argument("--steps", type=_count(), help="steps per epoch (default: 100)")
+    t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: planned: objects stay at "
+                                              "least 4 coarse pixels wide)")
+    t.add_argument("--crop", type=_ints, help="training crop in pixels (default: planned: about 6 objects across)")
+    t.add_argument("--margin", type=_post("margin"), help="ESJ margin in physical units (default: planned: a quarter "
+                                                          "of the median object diameter)")
+    t.add_argument("--time", type=_duration, help="time budget of the run, e.g. 90s, 10m, 2h (default: 5m on a CPU, "
+                                                  "20m on a GPU); plans --epochs and --steps")
+    t.add_argument("--epochs", type=_count(), help="default: planned for --time; a larger value on resume extends "
+                                                   "the run")
+    t.add_argument("--steps", type=_count(), help="steps per epoch (default: planned for --time)")
+    t.add_argument("--batch", type=_count(), help="crops per step (default: 2, more when crops hold few objects)")
     t.add_argument("--lr", type=_positive_number, help="initial learning rate (default: 1e-3, cosine to 1e-5)")
-    t.add_argument("--groups", type=_count(), default=8)
-    t.add_argument("--channels", type=_count(), default=64, help="channels per group (default: %(default)s)")
-    t.add_argument("--downsampling-channels", type=_count(), default=32)
-    t.add_argument("--dilations", type=_ints, default=(1, 2, 4, 8))
-    t.add_argument("--iterations", type=_count(), default=5)
+    t.add_argument("--groups", type=_count(), help="default: planned (8 on a GPU and CPU, fewer for a short budget)")
+    t.add_argument("--channels", type=_count(), help="channels per group (default: planned: 64 on a GPU, 16 or "
+                                                      "fewer on a CPU)")
+    t.add_argument("--downsampling-channels", type=_count(), help="default: planned (32 on a GPU, 16 or fewer on "
+                                                                   "a CPU)")
+    t.add_argument("--dilations", type=_ints, help="default: planned: 1,2,4,8 or fewer for small crops")
+    t.add_argument("--iterations", type=_count(), help="default: 5")
     t.add_argument("--augment", choices=("grey", "rgb", "none"), help="default: rgb for colour images, else grey")
-    t.add_argument("--min-votes", type=_post("min_votes"), default=5,
-                   help="minimum votes of a centre (default: %(default)s)")
+    t.add_argument("--min-votes", type=_post("min_votes"),
+                   help="minimum votes of a centre (default: planned from the object size, then tuned)")
     t.add_argument("--opening-radius", type=_post("opening_radius"),
-                   help="label-wise opening radius at inference (physical units)")
+                   help="label-wise opening radius at inference (physical units; default: planned, then tuned)")
+    t.add_argument("--no-tune", action="store_true",
+                   help="keep the decoding as planned or given (default: tune it on the validation images)")
+    t.add_argument("--plan", help="use this plan.json (of another run) instead of planning; options still override")
     t.add_argument("--undefined", type=int, help="label value meaning 'undefined' (ignored in the loss)")
     t.add_argument("--mask-nonfinite", action="store_true",
                    help="leave NaN/Inf image pixels out of the loss (default: refuse such images)")
@@ -557,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over even if the run folder has last.pt (a resumed run must keep its options, "
                         "except --epochs and --device)")
     t.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA); "
-                                                          "default: float32")
+                                                          "default: planned ('auto': float32 for now)")
     t.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
     _add_threads(t)
     t.add_argument("--nproc", type=_count(), help="train with DistributedDataParallel on this many processes of this "
@@ -583,6 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-votes", type=_post("min_votes"), help="minimum votes of a centre (default: from the checkpoint)")
     r.add_argument("--opening-radius", type=_post("opening_radius"),
                    help="label-wise opening radius (default: from the checkpoint)")
+    r.add_argument("--foreground-threshold", type=_post("foreground_threshold"),
+                   help="foreground where 1 - P(background) exceeds it (default: from the checkpoint; argmax)")
+    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average over flips and 90° turns (default: as tuned in training)")
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (large images: each dask "
                                                                  "worker uses its own GPU with auto)")
     _add_threads(r)
@@ -657,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Settings of a run (TrainConfig / RDCNet fields) -> the option that sets them, for resume messages.
 _FLAGS = {"margin": "--margin", "crop": "--crop", "steps_per_epoch": "--steps", "lr": "--lr", "seed": "--seed",
+          "batch_size": "--batch",
           "augment": "--augment", "mask_nonfinite": "--mask-nonfinite", "postprocess.margin": "--margin",
           "postprocess.min_votes": "--min-votes", "postprocess.opening_radius": "--opening-radius",
           "model.groups": "--groups", "model.channels_per_group": "--channels", "model.dilations": "--dilations",

@@ -511,7 +511,8 @@ def _task_device(device):
     return resolve_device("auto" if device is None else device)
 
 
-def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations, precision="fp32"):
+def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations, precision="fp32",
+                   threshold=None):
     """Network on one grown block; returns (embeddings (ndim, *core) float32, foreground (*core) bool)."""
     import torch
 
@@ -530,7 +531,7 @@ def _predict_block(image, core, region, model, ranges, channel_axis, device, ite
         out = model(torch.from_numpy(x)[None].to(dev), origin=tuple(r.start for r in region), iterations=iterations)
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
     emb = out.embeddings[0][(slice(None),) + inner].float().cpu().numpy()
-    mask = foreground(out.probabilities[0][(slice(None),) + inner]).cpu().numpy()
+    mask = foreground(out.probabilities[0][(slice(None),) + inner], threshold).cpu().numpy()
     return np.ascontiguousarray(emb), np.ascontiguousarray(mask)
 
 
@@ -583,13 +584,14 @@ class _NetworkPlan:
 
 
 def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None,
-                    precision: str = "auto"):
+                    precision: str = "auto", foreground_threshold=None):
     """Lazy ``(embeddings (ndim, *S) float32, foreground (*S) bool)`` dask arrays of ``image``
     (NumPy, zarr or dask array; grey, or with a channel axis as :func:`rdcnet.predict.prepare_image`
     accepts), computed block by block: each output chunk runs the network on the chunk grown by
     ``overlap`` pixels (default :func:`receptive_radius`), starting on the model's down-sampling
     grid, with its global origin, so that the embeddings are global coordinates. ``precision``:
-    as :func:`rdcnet.predict.predict` (each worker resolves "auto" for its own device)."""
+    as :func:`rdcnet.predict.predict` (each worker resolves "auto" for its own device).
+    ``foreground_threshold``: as :attr:`rdcnet.postprocess.PostprocessConfig.foreground_threshold`."""
     from .machine import PRECISIONS
     from ._checks import check_choice
 
@@ -601,7 +603,8 @@ def network_outputs(model, image, chunks=None, overlap=None, device=None, iterat
     for idx, core in plan.blocks:
         block, region = plan.read(core)
         pair = dask.delayed(_predict_block, pure=True, nout=2)(
-            block, core, region, model_task, plan.ranges, plan.channel_axis, device, iterations, precision)
+            block, core, region, model_task, plan.ranges, plan.channel_axis, device, iterations, precision,
+            foreground_threshold)
         emb[idx], mask[idx] = pair[0], pair[1]
     nested_e = np.empty([len(c) for c in plan.chunks], dtype=object)
     for idx, core in plan.blocks:
@@ -784,10 +787,11 @@ class _WorkDir:
         return {name.name for name in self.done_dir.iterdir()} if self.done_dir.is_dir() else set()
 
 
-def _network_chunk_to_store(block, core, region, model, ranges, channel_axis, device, iterations, precision, z_emb,
-                            z_mask, marker: str) -> int:
+def _network_chunk_to_store(block, core, region, model, ranges, channel_axis, device, iterations, precision, threshold,
+                            z_emb, z_mask, marker: str) -> int:
     """Run the network on one grown block, store its chunk, then mark the chunk finished."""
-    emb, mask = _predict_block(block, core, region, model, ranges, channel_axis, device, iterations, precision)
+    emb, mask = _predict_block(block, core, region, model, ranges, channel_axis, device, iterations, precision,
+                               threshold)
     z_emb[(slice(None),) + tuple(core)] = emb
     z_mask[tuple(core)] = mask
     with open(marker, "w"):  # written after the data: a marker always means a whole chunk
@@ -897,6 +901,11 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
         from ._checks import check_image
 
         check_image(image, "image")
+    if postprocess.tta:
+        import warnings
+
+        warnings.warn("postprocess.tta: the chunked path runs the network once per block, without test-time "
+                      "augmentation", stacklevel=2)
     out = Path(out) if out is not None else None
     out_spacing = opts["spacing"] or image_spacing or tuple(model.config.spacing)
     plan = _NetworkPlan(model, image, opts["chunks"], opts["overlap"])
@@ -910,7 +919,7 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
                         "shape": list(plan.shape), "channel_axis": plan.channel_axis,
                         "ranges": [None if r is None else [float(v) for v in r] for r in plan.ranges],
                         "chunks": [list(c) for c in plan.chunks], "overlap": list(plan.overlap),
-                        "iterations": opts["iterations"],
+                        "iterations": opts["iterations"], "foreground_threshold": postprocess.foreground_threshold,
                         "precision": precision_name(resolve_precision(precision, resolve_device(opts["device"] or "auto")))}
             state = _WorkDir(work, identity, resume and not temporary)
             z_emb, z_mask = state.open(plan.shape, [c[0] for c in plan.chunks])
@@ -924,7 +933,8 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
                 block, region = plan.read(core)
                 tasks.append(dask.delayed(_network_chunk_to_store, pure=False)(
                     block, core, region, model_task, plan.ranges, plan.channel_axis, opts["device"],
-                    opts["iterations"], precision, z_emb, z_mask, str(state.done_dir / name)))
+                    opts["iterations"], precision, postprocess.foreground_threshold, z_emb, z_mask,
+                    str(state.done_dir / name)))
             if done and progress:
                 print(f"resuming: {len(done)} of {len(plan.blocks)} chunks of network outputs are already in {work}",
                       file=sys.stderr)

@@ -15,7 +15,19 @@ from torch import nn
 from ._checks import check_bool, check_choice, check_int, check_number_in, check_per_axis
 from .ssdc import apply_ssdc, auto_ssdc_path, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
 
-__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
+__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused", "pixel_coordinates"]
+
+
+def pixel_coordinates(spatial: Sequence[int], spacing: Sequence[float], origin=None, device=None) -> torch.Tensor:
+    """(ndim, *spatial) float32 physical positions of the pixels: (index + origin) × spacing
+    (the positions the embeddings add to the offsets)."""
+    ndim = len(spacing)
+    origin = (0,) * ndim if origin is None else tuple(origin)
+    if len(origin) != ndim:
+        raise ValueError(f"origin: expected {ndim} pixel offsets, got {origin}")
+    axes = [(torch.arange(n, device=device, dtype=torch.float32) + float(o)) * float(s)
+            for n, o, s in zip(spatial, origin, spacing)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
 class RDCNetOutput(NamedTuple):
@@ -219,12 +231,7 @@ class RDCNet(nn.Module):
 
     def coordinates(self, spatial: Sequence[int], origin=None, device=None) -> torch.Tensor:
         """(ndim, *spatial) physical coordinates of the pixels: (index + origin) × spacing."""
-        origin = (0,) * self.ndim if origin is None else tuple(origin)
-        if len(origin) != self.ndim:
-            raise ValueError(f"origin: expected {self.ndim} pixel offsets, got {origin}")
-        axes = [(torch.arange(n, device=device, dtype=torch.float32) + float(o)) * float(s)
-                for n, o, s in zip(spatial, origin, self.config.spacing)]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+        return pixel_coordinates(spatial, self.config.spacing, origin, device)
 
     def _head(self, y: torch.Tensor, spatial: Sequence[int], coords: torch.Tensor) -> RDCNetOutput:
         out = self.up(F.leaky_relu(y, self.config.negative_slope))

@@ -11,7 +11,7 @@ import torch
 
 from ._checks import check_bool, check_image, check_int, check_per_axis, resolve_device
 from .machine import resolve_precision
-from .model import RDCNet, RDCNetOutput
+from .model import RDCNet, RDCNetOutput, pixel_coordinates
 from .postprocess import PostprocessConfig, labels_from_output
 
 __all__ = ["prepare_image", "predict_output", "predict", "DEFAULT_TILE", "min_tile_shape", "tile_overlap",
@@ -140,19 +140,24 @@ def _tiles(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int], fa
 @torch.no_grad()
 def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence[int]] = None,
                    overlap: Optional[Sequence[int]] = None, device=None,
-                   iterations: Optional[int] = None, progress: bool = False, precision: str = "auto") -> RDCNetOutput:
+                   iterations: Optional[int] = None, progress: bool = False, precision: str = "auto",
+                   tta: bool = False) -> RDCNetOutput:
     """Model output for one normalised image ``x`` (C, *S): embeddings (ndim, *S) and
     probabilities (n_classes, *S), float32, on ``device``. Large images are processed in overlapping
     tiles (at least :func:`min_tile_shape`) whose centres are stitched; embeddings stay global
     because each tile passes its origin. ``progress`` shows a bar over the tiles. ``precision``:
     "auto" (bfloat16 where the hardware computes it natively, :func:`rdcnet.machine.resolve_precision`),
-    "fp32" or "bf16"; the outputs are float32 either way."""
+    "fp32" or "bf16"; the outputs are float32 either way. ``tta``: average the outputs of the
+    flipped and rotated image (:mod:`rdcnet.tta`; 4 or 8 network runs)."""
     check_model(model)
     if not isinstance(x, torch.Tensor) or x.dim() != model.config.ndim + 1 or x.shape[0] != model.config.in_channels:
         raise ValueError(f"x: expected a normalised ({model.config.in_channels}, *{model.config.ndim} spatial axes) "
                          f"tensor (see prepare_image), got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
     if iterations is not None:
         iterations = check_int(iterations, "iterations", minimum=1)
+    if check_bool(tta, "tta"):
+        return _tta_output(model, x, lambda xt: predict_output(model, xt, tile_shape, overlap, device, iterations,
+                                                               progress, precision))
     cfg = model.config
     device = resolve_device(device, "device") if device is not None else next(model.parameters()).device
     spatial = tuple(x.shape[1:])
@@ -192,9 +197,30 @@ def predict_output(model: RDCNet, x: torch.Tensor, tile_shape: Optional[Sequence
         model.train(was_training)
 
 
+def _tta_output(model: RDCNet, x: torch.Tensor, run) -> RDCNetOutput:
+    """``run`` (one normalised image → RDCNetOutput) on every :func:`rdcnet.tta.transforms` of
+    ``x``; offsets and probabilities mapped back and averaged (the arithmetic of the exported
+    pipeline's ``outputs``, so both give the same numbers)."""
+    from . import tta
+
+    moves = tta.transforms(model.config.spacing, model.config.factor)
+    sums = None
+    for k, flip in moves:
+        out = run(tta.forward(x, k, flip == 1))
+        emb = out.embeddings
+        offsets = emb - pixel_coordinates(emb.shape[1:], model.config.spacing, device=emb.device).to(emb.dtype)
+        parts = (tta.backward_offsets(offsets, k, flip == 1), tta.backward(out.probabilities, k, flip == 1),
+                 tta.backward(out.logits, k, flip == 1))
+        sums = parts if sums is None else tuple(a + b for a, b in zip(sums, parts))
+    offsets, probabilities, logits = (s / len(moves) for s in sums)
+    embeddings = offsets + pixel_coordinates(x.shape[1:], model.config.spacing, device=offsets.device).to(offsets.dtype)
+    return RDCNetOutput(embeddings, probabilities, logits)
+
+
 def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, None] = None,
             tile_shape: Optional[Sequence[int]] = None, device=None, iterations: Optional[int] = None,
-            return_output: bool = False, progress: bool = False, precision: str = "auto"):
+            return_output: bool = False, progress: bool = False, precision: str = "auto",
+            tta: Optional[bool] = None):
     """Segment one raw image into int32 instance labels (NumPy, same spatial shape).
 
     Args:
@@ -211,6 +237,9 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
             AMX and on CUDA GPUs of compute capability 8.0+, where it runs about twice as fast;
             float32 elsewhere), "fp32" or "bf16". Embeddings and probabilities are float32 either
             way, so the decoding is unchanged.
+        tta: test-time augmentation (:mod:`rdcnet.tta`): average the outputs of the flipped and
+            rotated image (None: as ``postprocess.tta`` says, which training sets only where it
+            helped on the validation images).
 
     Non-finite input pixels (NaN, ±Inf) are labelled 0 (with a warning giving their count); they
     take no part in the normalisation, enter the network as 0 and cast no votes, so one bad patch
@@ -229,8 +258,9 @@ def predict(model: RDCNet, image, postprocess: Union[PostprocessConfig, dict, No
     postprocess = as_postprocess(postprocess)
     return_output, progress = check_bool(return_output, "return_output"), check_bool(progress, "progress")
     x, bad = prepare_image(image, model, return_nonfinite=True)
+    tta = postprocess.tta if tta is None else check_bool(tta, "tta")
     out = predict_output(model, x, tile_shape=tile_shape, device=device, iterations=iterations, progress=progress,
-                         precision=precision)
+                         precision=precision, tta=tta)
     if bad is not None:  # no data there: background, and no votes from it
         keep = torch.from_numpy(~bad).to(out.probabilities.device)
         probabilities = out.probabilities.clone()

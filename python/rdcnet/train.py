@@ -269,28 +269,101 @@ def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
     return {"val_loss": float(np.mean(losses)), "val_f1": _mean_f1(model, outputs, labels, postprocess)}
 
 
+def _grid_scores(outputs, labels, spacing, base: PostprocessConfig, thresholds, windows, votes, radii) -> np.ndarray:
+    """Mean F1@0.5 over the images of every decoding in the grid thresholds × windows × votes ×
+    radii, as an array of that shape. The stages are shared: one vote map per threshold, one
+    assignment per set of centres, one opening per radius; the result of each equals
+    :func:`labels_from_output` with those parameters (ops.embeddings_to_labels is these four ops)."""
+    from rdcnet_ext import ops
+
+    from .metrics import precision_recall_f1
+    from .postprocess import foreground
+
+    spacing = tuple(float(s) for s in spacing)
+    f1 = np.zeros((len(thresholds), len(windows), len(votes), len(radii)))
+    for out, truth in zip(outputs, labels):
+        emb = out.embeddings.detach().float().contiguous()
+        for ti, t in enumerate(thresholds):
+            mask = foreground(out.probabilities, t).contiguous()
+            vote_map = ops.hough_votes(emb, mask, spacing)
+            for wi, w in enumerate(windows):
+                previous, scores = None, None
+                for vi, v in enumerate(votes):  # a higher min_votes keeps a subset of the centres
+                    centres = ops.find_peaks(vote_map, float(w), int(v), spacing, int(base.smooth_radius))
+                    if previous is None or not torch.equal(centres, previous):
+                        assigned = ops.assign_to_centres(emb, mask, centres, spacing, base.max_distance)
+                        scores = []
+                        for r in radii:
+                            lab = assigned if r is None else ops.label_opening(assigned, float(r), spacing)
+                            scores.append(precision_recall_f1(truth, lab.cpu().numpy(), [0.5]).f1[0])
+                    previous = centres
+                    f1[ti, wi, vi] += scores
+    return f1 / max(len(outputs), 1)
+
+
+def _first_unique(values) -> list:
+    """``values`` without repeats, in order (the first is the starting value: ties keep it)."""
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
 def tune_postprocess(model: RDCNet, images, labels, postprocess: PostprocessConfig, device="cpu",
-                     window_factors: Sequence[float] = (0.5, 0.75, 1.0, 1.25)) -> Tuple[PostprocessConfig, float, float]:
-    """Pick the peak window (``min_distance`` as a multiple of the margin) and ``min_votes`` that
-    maximise the mean F1@0.5 on validation images, as the paper suggests ("we find it beneficial to
-    fine tune the window size on the validation set"). The network runs once per image; only the
-    decoding is repeated. ``images`` are normalised (C, *S) arrays. Returns (best config, its F1,
-    the F1 of ``postprocess``); ties keep ``postprocess``."""
-    outputs = [predict_output(model, torch.from_numpy(x), device=device, precision="fp32") for x in images]
-
-    def score(cfg: PostprocessConfig) -> float:
-        return _mean_f1(model, outputs, labels, cfg)
-
-    base = score(postprocess)
+                     window_factors: Sequence[float] = (0.5, 0.75, 1.0, 1.25),
+                     thresholds: Optional[Sequence[Optional[float]]] = None,
+                     opening_radii: Optional[Sequence[Optional[float]]] = None, tta: Optional[bool] = None,
+                     details: Optional[dict] = None) -> Tuple[PostprocessConfig, float, float]:
+    """Choose the decoding that maximises the mean F1@0.5 on validation images, as the paper
+    suggests for the window ("we find it beneficial to fine tune the window size on the
+    validation set"): the peak window (``min_distance`` as a multiple of the margin), ``min_votes``
+    (½, 1, 2, 4 × the current), the foreground threshold (``thresholds``, default argmax and
+    0.3 … 0.7), the opening radius (``opening_radii``, default none, 1 and 2 pixels of the finest
+    axis) and test-time augmentation (``tta``: None tries both and keeps TTA only if it scores
+    higher; True/False fixes it). The network runs once per image (4-8 times with TTA); the grid
+    of decodings reuses vote maps and assignments (:func:`_grid_scores`). ``images`` are
+    normalised (C, *S) arrays. Returns (best config, its F1, the F1 of ``postprocess``); ties keep
+    the current values. ``details``, when given, receives the grid size, the F1 with and without
+    TTA and the seconds spent running the network and decoding."""
+    spacing = tuple(float(s) for s in model.config.spacing)
+    windows = _first_unique([postprocess.peak_window] + [f * postprocess.margin for f in window_factors])
+    v0 = postprocess.min_votes
+    votes = _first_unique([v0, max(1, v0 // 2), v0 * 2, v0 * 4])
+    if thresholds is None:
+        thresholds = (None, 0.3, 0.4, 0.6, 0.7) + ((0.5,) if model.config.n_classes > 2 else ())
+    thresholds = _first_unique([postprocess.foreground_threshold] + list(thresholds))
+    if opening_radii is None:
+        opening_radii = (None, min(spacing), 2 * min(spacing))
+    radii = _first_unique([postprocess.opening_radius] + list(opening_radii))
+    modes = _first_unique([postprocess.tta] + ([False, True] if tta is None else [bool(tta)]))
+    seconds = {"network": 0.0, "decoding": 0.0}
+    grids = {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        outputs = [predict_output(model, torch.from_numpy(x), device=device, tta=mode, precision="fp32")
+                   for x in images]
+        t1 = time.perf_counter()
+        grids[mode] = _grid_scores(outputs, labels, spacing, postprocess, thresholds, windows, votes, radii)
+        seconds["network"] += t1 - t0
+        seconds["decoding"] += time.perf_counter() - t1
+    base = float(grids[postprocess.tta][0, 0, 0, 0])
     best, best_f1 = postprocess, base
-    votes = sorted({max(1, postprocess.min_votes // 2), postprocess.min_votes, postprocess.min_votes * 2,
-                    postprocess.min_votes * 4})
-    for factor in window_factors:
-        for v in votes:
-            cand = dataclasses.replace(postprocess, min_distance=factor * postprocess.margin, min_votes=v)
-            f1 = score(cand)
-            if f1 > best_f1 + 1e-9:
-                best, best_f1 = cand, f1
+    allowed = modes if tta is None else [bool(tta)]
+    for mode in allowed:
+        grid = grids[mode]
+        index = np.unravel_index(int(np.argmax(grid)), grid.shape)  # the first maximum: nearest the start
+        if grid[index] > best_f1 + 1e-9 or (mode != best.tta and tta is not None):
+            t, w, v, r = index
+            window = postprocess.min_distance if w == 0 else windows[w]  # (None stays None: the margin)
+            best = dataclasses.replace(postprocess, foreground_threshold=thresholds[t], min_distance=window,
+                                       min_votes=votes[v], opening_radius=radii[r], tta=mode)
+            best_f1 = float(grid[index])
+    if details is not None:
+        details.update(decodings=int(sum(g.size for g in grids.values())) * len(images),
+                       f1_without_tta=float(grids[False].max()) if False in grids else None,
+                       f1_with_tta=float(grids[True].max()) if True in grids else None,
+                       network_seconds=seconds["network"], decoding_seconds=seconds["decoding"])
     return best, best_f1, base
 
 
@@ -314,7 +387,7 @@ def _write_log(out_dir: Path, history: List[dict]) -> None:
 # The lock file of a run folder while a run writes it (rdcnet._files.OutputLock).
 RUN_LOCK = "run.lock"
 # What a run folder holds (and so which stray temporaries of atomic_write may be cleaned).
-_RUN_FILES = ("last.pt", "best.pt", "log.csv", "training.png", "splits.json", "config.json")
+_RUN_FILES = ("last.pt", "best.pt", "log.csv", "training.png", "splits.json", "config.json", "plan.json")
 _RESUME_KEYS = ("model_config", "state_dict", "optimizer", "scheduler", "numpy_rng", "torch_rng", "history",
                 "best_f1", "epoch")
 
@@ -410,14 +483,19 @@ def _tune_best(best_path: Path, val_images, val_labels, config: TrainConfig, dev
     best_model, _, ckpt = load_checkpoint(best_path, device=device)
     if "postprocess_tuning" in ckpt:
         return
-    tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device)
+    details = {}
+    tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device,
+                                                details=details)
     if progress:
-        print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window "
-              f"{tuned.peak_window:g} and min_votes "
-              f"{tuned.min_votes} (saved in {best_path.name})", file=sys.stderr)
+        threshold = tuned.foreground_threshold
+        print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window {tuned.peak_window:g}, "
+              f"min_votes {tuned.min_votes}, foreground {'argmax' if threshold is None else f'> {threshold:g}'}, "
+              f"opening {tuned.opening_radius or 0:g}, TTA {'on' if tuned.tta else 'off'} "
+              f"({details['decodings']} decodings in {details['decoding_seconds']:.1f} s, network "
+              f"{details['network_seconds']:.1f} s; saved in {best_path.name})", file=sys.stderr)
     extra = {k: ckpt[k] for k in ("epoch", "history", "best_f1", "best_val_loss", "selected_by") if k in ckpt}
     save_checkpoint(best_path, best_model, dataclasses.replace(config, postprocess=tuned), **extra,
-                    postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1})
+                    postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1, **details})
 
 
 def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_data: Sequence,

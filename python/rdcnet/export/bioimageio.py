@@ -58,6 +58,11 @@ def _cover(image: np.ndarray, labels: np.ndarray, path: Path) -> None:
 def _documentation(model, post, spacing, halo) -> str:
     cfg = model.config
     names = AXES[-cfg.ndim:]
+    t = post.foreground_threshold
+    rule, mask = (("argmax class != 0", "probabilities[0].argmax(0) != 0") if t is None else
+                  (f"1 - P(background) > {t:g}", f"1 - probabilities[0, 0] > {t!r}"))
+    tta = (" (tuned with test-time augmentation: `rdcnet predict` and the TorchScript file average the "
+           "outputs of the flipped and rotated image)" if post.tta else "")
     return f"""# RDCNet instance segmentation ({cfg.ndim}D)
 
 RDCNet (Ortiz et al. 2020) predicts, for every pixel, the class probabilities (softmax over
@@ -79,8 +84,8 @@ multiple of the down-sampling factor {list(cfg.factor)} avoids padding). Preproc
 per image and channel, the 1st percentile maps to 0 and the 99.8th to 1 (not clipped).
 
 ## Decoding (rdcnet_ext)
-Foreground = argmax class != 0; Hough votes of the embeddings; centres = vote maxima; each
-foreground pixel takes the label of the nearest centre. With the parameters of this model:
+Foreground = {rule}; Hough votes of the embeddings; centres = vote maxima; each
+foreground pixel takes the label of the nearest centre. With the parameters of this model{tta}:
 
 ```python
 import numpy as np
@@ -89,7 +94,7 @@ from rdcnet_ext import ops
 position = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(offsets.shape[2:], {list(spacing)!r})],
                                 indexing="ij"))
 embeddings = (offsets[0] + position).astype(np.float32)
-labels = ops.embeddings_to_labels(embeddings, probabilities[0].argmax(0) != 0,
+labels = ops.embeddings_to_labels(embeddings, {mask},
                                   min_distance={post.peak_window!r},
                                   spacing={list(spacing)!r}, min_votes={post.min_votes!r},
                                   smooth_radius={post.smooth_radius!r}, max_distance={post.max_distance!r},

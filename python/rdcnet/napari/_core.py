@@ -104,7 +104,7 @@ def segment(image: np.ndarray, model, postprocess, *, scale: Optional[Sequence[f
     if with_votes or with_centres:
         say("votes and centres")
         emb = out.embeddings.detach().float().contiguous()
-        mask = foreground(out.probabilities).contiguous()
+        mask = foreground(out.probabilities, postprocess.foreground_threshold).contiguous()
         votes = ops.hough_votes(emb, mask, spacing=model_spacing)
         if with_votes:
             layers.append((votes.cpu().numpy(), {"name": f"{name} RDCNet votes", "scale": grid_scale,
@@ -118,29 +118,34 @@ def segment(image: np.ndarray, model, postprocess, *, scale: Optional[Sequence[f
 
 @dataclasses.dataclass
 class TrainRequest:
-    """What the Train widget collects."""
+    """What the Train widget collects. Settings left None are planned from the drawn objects and
+    the machine (:mod:`rdcnet.plan`); the others override the plan. ``time``: the budget, e.g.
+    "3m" (default: the device's, :data:`rdcnet.plan.DEFAULT_TIME`); ``factor``: in-plane (z keeps 1)."""
 
     out_dir: str
-    epochs: int = 5
-    steps_per_epoch: int = 50
-    margin: float = 5.0
-    groups: int = 4
-    channels_per_group: int = 16
-    iterations: int = 5
-    factor: int = 4
+    epochs: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    margin: Optional[float] = None
+    groups: Optional[int] = None
+    channels_per_group: Optional[int] = None
+    iterations: Optional[int] = None
+    factor: Optional[int] = None
     device: str = "cpu"
+    time: Optional[object] = None
     overwrite: bool = False  # replace a model already in out_dir (otherwise refused)
 
 
 def train_on_layer(image: np.ndarray, labels: np.ndarray, request: TrainRequest, *, scale=None, rgb: bool = False,
                    callback: Optional[Callable[[dict], None]] = None):
-    """Train a new RDCNet on one image and its (drawn) labels with :func:`rdcnet.train.train`;
-    the same pair serves as validation (there is only one). ``callback`` gets the progress of
-    every step (:func:`rdcnet.train.train`). A run folder that already holds a model is refused
-    unless ``request.overwrite``. Returns the ``TrainResult``."""
+    """Train a new RDCNet on one image and its (drawn) labels with :func:`rdcnet.train.train`, with
+    the settings :func:`rdcnet.plan.plan_training` plans for them (``request``'s values override);
+    the same pair serves as validation (there is only one). The plan is saved as ``plan.json`` in
+    the run folder. ``callback`` gets the progress of every step (:func:`rdcnet.train.train`). A
+    run folder that already holds a model is refused unless ``request.overwrite``. Returns the
+    ``TrainResult``."""
     from ..model import RDCNet
-    from ..postprocess import PostprocessConfig
-    from ..train import TrainConfig, train
+    from ..plan import PLAN_FILE, crop_sampler, fingerprint, plan_training
+    from ..train import train
 
     image, labels = np.asarray(image), np.asarray(labels)
     spatial = image.shape[:-1] if rgb else image.shape
@@ -152,19 +157,20 @@ def train_on_layer(image: np.ndarray, labels: np.ndarray, request: TrainRequest,
     if ndim not in (2, 3):
         raise ValueError(f"image: expected a 2D or 3D image, got shape {image.shape}")
     spacing = _spatial_scale(scale, ndim) or (1.0,) * ndim
-    factor = (1, request.factor, request.factor) if ndim == 3 else (request.factor,) * 2
-    model = RDCNet(ndim, image.shape[-1] if rgb else 1, factor=factor, groups=request.groups,
-                   channels_per_group=request.channels_per_group, iterations=request.iterations,
-                   downsampling_channels=16, spacing=spacing)
-    crop = tuple(min(n, c) for n, c in zip(spatial, (16, 128, 128) if ndim == 3 else (128, 128)))
-    post = PostprocessConfig(margin=request.margin)
-    cfg = TrainConfig(out_dir=request.out_dir, margin=request.margin, crop=crop, epochs=request.epochs,
-                      steps_per_epoch=request.steps_per_epoch, augment="rgb" if rgb else "grey",
-                      device=request.device, postprocess=post)
     if not request.overwrite and (Path(request.out_dir) / "best.pt").exists():
         raise ValueError(f"run folder {request.out_dir} already holds a trained model (best.pt): choose another "
                          "folder, or tick 'overwrite' to replace it")
     pair = [(image, labels.astype(np.int32))]
+    factor = None if request.factor is None else ((1, request.factor, request.factor) if ndim == 3
+                                                  else (request.factor,) * 2)
+    options = {"epochs": request.epochs, "steps_per_epoch": request.steps_per_epoch, "margin": request.margin,
+               "groups": request.groups, "channels_per_group": request.channels_per_group,
+               "iterations": request.iterations, "factor": factor, "time": request.time}
+    plan = plan_training(fingerprint(pair, spacing), options, device=request.device, val_pixels=labels.size,
+                         sample=crop_sampler(pair))
+    model = RDCNet(ndim, image.shape[-1] if rgb else 1, spacing=spacing, **plan.model_kwargs())
+    cfg = plan.train_config(request.out_dir, device=request.device)
+    plan.save(Path(request.out_dir) / PLAN_FILE)
     return train(model, pair, pair, cfg, resume=False, progress=False, callback=callback)
 
 

@@ -93,23 +93,34 @@ def _one_training_at_a_time(widget) -> None:
 @magic_factory(
     widget_init=_one_training_at_a_time,
     call_button="Train", out_dir={"mode": "d", "label": "run folder"}, device={"choices": DEVICES},
-    epochs={"min": 1, "max": 1000}, steps_per_epoch={"min": 1, "max": 100_000},
-    margin={"min": 0.1, "max": 1e3, "tooltip": "ESJ margin, about half the object distance (physical units)"},
-    iterations={"min": 1, "max": 20},
+    minutes={"min": 0.0, "max": 1e4, "label": "time (minutes)",
+             "tooltip": "training time budget; 0: the device's default (a few minutes on a CPU)"},
+    epochs={"min": 0, "max": 1000, "tooltip": "0: planned from the drawn objects and the time budget"},
+    steps_per_epoch={"min": 0, "max": 100_000, "tooltip": "0: planned"},
+    margin={"min": 0.0, "max": 1e3, "tooltip": "ESJ margin (physical units); 0: planned from the object size"},
+    iterations={"min": 0, "max": 20, "tooltip": "0: planned"},
 )
 def train_widget(viewer: napari.Viewer, image: Image, labels: Labels,
-                 out_dir: Path = Path(_core.default_run_dir()), epochs: int = 5, steps_per_epoch: int = 50,
-                 margin: float = 5.0, iterations: int = 5, device: str = "cpu", overwrite: bool = False):
+                 out_dir: Path = Path(_core.default_run_dir()), minutes: float = 0.0, epochs: int = 0,
+                 steps_per_epoch: int = 0, margin: float = 0.0, iterations: int = 0, device: str = "cpu",
+                 overwrite: bool = False):
     """Train a new RDCNet on the image and the objects drawn in the Labels layer; best.pt is written to
-    the run folder (use it in "Segment with RDCNet"). The progress bar shows the epoch, the loss and the
-    time left."""
+    the run folder (use it in "Segment with RDCNet"). Settings left at 0 are planned from the drawn
+    objects and the machine (plan.json in the run folder). The progress bar shows the epoch, the loss
+    and the time left."""
     if image is None or labels is None:
         raise ValueError("choose an image layer and a Labels layer with drawn objects")
-    request = _core.TrainRequest(out_dir=str(out_dir), epochs=epochs, steps_per_epoch=steps_per_epoch, margin=margin,
-                                 iterations=iterations, device=device, overwrite=overwrite)
+    request = _core.TrainRequest(out_dir=str(out_dir), epochs=epochs or None, steps_per_epoch=steps_per_epoch or None,
+                                 margin=margin or None, iterations=iterations or None, device=device,
+                                 time=f"{minutes}m" if minutes else None, overwrite=overwrite)
     worker = create_worker(_core.training_progress, image.data, labels.data, request, scale=image.scale,
-                           rgb=image.rgb, _progress={"total": epochs * steps_per_epoch, "desc": "RDCNet: training"})
-    worker.yielded.connect(lambda update: worker.pbar.set_description(_core.describe_progress(update)))
+                           rgb=image.rgb, _progress={"total": 1, "desc": "RDCNet: planning"})
+
+    def _show(update):
+        worker.pbar.total = update["steps"]  # known once the plan is made
+        worker.pbar.set_description(_core.describe_progress(update))
+
+    worker.yielded.connect(_show)
     worker.returned.connect(lambda result: show_info(
         f"RDCNet: F1@0.5 {result.best_f1:.3f} on the drawn objects; model {result.best_checkpoint}"))
     worker.start()
