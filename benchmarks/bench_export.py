@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from rdcnet.export import export_torchscript
     from rdcnet.predict import predict, predict_output, prepare_image
     from rdcnet.postprocess import labels_from_output
-    from rdcnet.train import load_checkpoint
+    from rdcnet.checkpoint import load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint")

@@ -190,3 +190,23 @@ def tiny_model(offset_std: float = 1.0, **overrides):
     with torch.no_grad():
         model.up.weight.normal_(std=offset_std)
     return model
+
+
+class _CreatesFile:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, creating ``marker``. A loader
+    that executes code from a model file thus leaves the marker behind."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_code_carrying_checkpoint(path, marker) -> None:
+    """A file shaped like an rdcnet checkpoint (last.pt keys included) whose unpickling would create
+    ``marker``: what an attacker would send as a model file."""
+    payload = _CreatesFile(marker)
+    torch.save({"version": 1, "model_config": {"ndim": 2}, "train_config": None, "postprocess": {},
+                "state_dict": {"w": payload}, "optimizer": payload, "scheduler": {}, "numpy_rng": {},
+                "torch_rng": torch.zeros(1), "history": [], "best_f1": 0.0, "epoch": 0}, path)

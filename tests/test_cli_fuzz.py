@@ -17,7 +17,11 @@ import torch
 
 from rdcnet.data import nuclei_2d, write_image, write_labels
 from rdcnet.model import RDCNet
-from rdcnet.train import save_checkpoint
+from rdcnet.checkpoint import save_checkpoint
+
+from helpers import write_code_carrying_checkpoint
+
+PWNED = "created-by-a-model-file"
 
 CUDA = torch.cuda.is_available()
 
@@ -42,8 +46,14 @@ CASES = [
     ("train-margin-inf", TRAIN + ["--margin", "inf"], "--margin"),
     ("train-margin-0", TRAIN + ["--margin", "0"], "--margin"),
     ("train-lr-0", TRAIN + ["--lr", "0"], "--lr"),
-    ("train-crop-below-factor", TRAIN + ["--crop", "2"], "--crop: expected at least the down-sampling factor"),
+    ("train-crop-below-factor", TRAIN + ["--factor", "4", "--crop", "2"],
+     "--crop: expected at least the down-sampling factor"),
+    ("train-time-without-unit", TRAIN + ["--time", "10"], "--time: expected a duration such as 90s"),
+    ("train-time-with-epochs-and-steps", TRAIN + ["--time", "1m"], "--time: the time budget plans --epochs"),
     ("train-crop-3-axes-for-2d", TRAIN + ["--crop", "32,32,32"], "--crop: expected 1 or 2 values"),
+    ("train-crop-larger-than-images", TRAIN + ["--crop", "100000"],
+     "--crop: 100000,100000 is larger than the largest training image (40x40); use at most 40,40"),
+    ("train-crop-larger-on-one-axis", TRAIN + ["--crop", "32,5000"], "use at most 32,40"),
     ("train-device-cuda", TRAIN + ["--device", "cuda"], "--device"),
     ("train-device-unknown", TRAIN + ["--device", "gpu"], "--device"),
     ("train-seed-negative", TRAIN + ["--seed", "-1"], "--seed"),
@@ -72,6 +82,16 @@ CASES = [
     ("predict-not-a-checkpoint", ["predict", "{D}/image.tif", "--model", "{D}/garbage.pt", "--out", "{O}"],
      "not an rdcnet checkpoint"),
     ("predict-no-model", ["predict", "{D}/image.tif", "--out", "{O}"], "--model"),
+    # Model files that would run code (a pickle creating a file): refused before anything runs.
+    ("predict-code-carrying-model", ["predict", "{D}/image.tif", "--model", "{D}/evil.pt", "--out", "{O}"],
+     "would run code when loaded"),
+    ("predict-chunked-code-carrying-model", ["predict", "{D}/image.tif", "--model", "{D}/evil.pt", "--out",
+                                             "{O}/labels.ome.zarr"], "would run code when loaded"),
+    ("export-code-carrying-model", ["export", "{D}/evil.pt", "--torchscript", "{O}/x.pt"], "would run code"),
+    ("show-code-carrying-model", ["show", "{D}/image.tif", "--model", "{D}/evil.pt", "--out", "{O}"],
+     "would run code"),
+    ("train-resume-code-carrying-last-pt", TRAIN[:-len(TINY) - 2] + ["--out", "{D}/evilrun"] + TINY,
+     "would run code"),
     ("demo-steps-0", ["demo", "--steps", "0", "--out", "{O}"], "--steps"),
     ("demo-device-cuda", ["demo", "--device", "cuda", "--out", "{O}"], "--device"),
     ("demo-seed-negative", ["demo", "--seed", "-1", "--out", "{O}"], "--seed"),
@@ -142,6 +162,9 @@ def make_data(root: Path) -> None:
     write_image(root / "stack.tif", np.random.default_rng(0).random((8, 40, 40)).astype(np.float32), rgb=False)
     (root / "corrupt.tif").write_bytes(b"II*\x00this is not a tiff")
     (root / "garbage.pt").write_bytes(b"not a checkpoint")
+    write_code_carrying_checkpoint(root / "evil.pt", root.parent / PWNED)
+    (root / "evilrun").mkdir()
+    write_code_carrying_checkpoint(root / "evilrun" / "last.pt", root.parent / PWNED)
     torch.manual_seed(0)
     model = RDCNet(2, 1, factor=4, downsampling_channels=4, groups=2, channels_per_group=4, dilations=(1, 2),
                    iterations=1)
@@ -190,3 +213,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(fuzz, name, argv, fragm
     case_dir = fuzz["root"] / "cases" / name
     assert not (case_dir / "out").exists(), listing(case_dir / "out")
     assert fuzz["data_after"] == fuzz["data_before"]  # inputs untouched, no temporaries beside them
+
+
+def test_no_model_file_ran_code(fuzz):
+    assert not (fuzz["root"] / PWNED).exists()

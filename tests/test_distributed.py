@@ -12,7 +12,7 @@ import torch
 
 from rdcnet.data import nuclei_2d, write_image, write_labels
 from rdcnet.distributed import without_option
-from rdcnet.train import load_checkpoint
+from rdcnet.checkpoint import load_checkpoint
 
 TINY = ["--groups", "1", "--channels", "4", "--downsampling-channels", "4", "--dilations", "1",
         "--iterations", "1", "--crop", "32", "--steps", "2", "--margin", "4", "--device", "cpu"]
@@ -34,8 +34,8 @@ def test_two_process_training_is_reproducible_and_resumes(tmp_path):
     data = ["--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab")]
     for run in ("a", "b"):
         _torchrun(tmp_path, *data, "--out", str(tmp_path / run), "--epochs", "1", *TINY)
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     # Each rank drew its own crops: their generator states differ, and both are saved.
@@ -44,7 +44,7 @@ def test_two_process_training_is_reproducible_and_resumes(tmp_path):
     model, _, _ = load_checkpoint(tmp_path / "a" / "best.pt")
     assert model.config.groups == 1
     res = _torchrun(tmp_path, *data, "--out", str(tmp_path / "a"), "--epochs", "2", *TINY)
-    resumed = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert resumed["epoch"] == 1 and len(resumed["history"]) == 2
     assert "resuming" in res.stderr
     assert not any(torch.equal(resumed["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"]

@@ -17,7 +17,8 @@ from rdcnet.export import pipeline as P
 from rdcnet.model import RDCNet
 from rdcnet.postprocess import PostprocessConfig
 from rdcnet.predict import channel_axis_of, predict
-from rdcnet.train import TrainConfig, save_checkpoint
+from rdcnet.checkpoint import save_checkpoint
+from rdcnet.train import TrainConfig
 from rdcnet_ext import reference
 from rdcnet_ext._geometry import ellipsoid_offsets, peak_window
 

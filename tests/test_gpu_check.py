@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
@@ -19,6 +21,7 @@ def _load():
     return module
 
 
+@pytest.mark.slow  # a smoke run of the whole benchmark script (~10 s): CI runs it
 def test_gpu_check_cpu_small(tmp_path):
     gpu_check = _load()
     out = tmp_path / "report.md"

@@ -86,7 +86,8 @@ def test_one_chunk_whose_votes_all_stay_home():
                                                 opening_radius=None))
 
 
-@pytest.mark.parametrize("name,chunks", [("2d", (2, 3)), ("2d-aniso", (3, 2)), ("3d-aniso", (2, 3, 4))])
+@pytest.mark.parametrize("name,chunks", [("2d", (2, 3)), ("2d-aniso", (3, 2)),
+                                         pytest.param("3d-aniso", (2, 3, 4), marks=pytest.mark.slow)])
 def test_chunks_far_smaller_than_the_halos(name, chunks):
     """Chunks of a few pixels: a peak region spans several chunks per axis, a chunk's border
     faces are the whole chunk, and votes are routed to many regions at once."""

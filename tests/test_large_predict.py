@@ -57,7 +57,8 @@ def test_block_outputs_equal_whole_image_outputs(ndim):
 
 def _checkpoint(tmp_path, model):
     from rdcnet.postprocess import PostprocessConfig
-    from rdcnet.train import TrainConfig, save_checkpoint
+    from rdcnet.checkpoint import save_checkpoint
+    from rdcnet.train import TrainConfig
 
     path = tmp_path / "best.pt"
     save_checkpoint(path, model, TrainConfig(postprocess=PostprocessConfig(margin=3.0, min_votes=2,
@@ -95,7 +96,7 @@ def test_cli_ome_zarr_to_ome_zarr_is_exact(tmp_path, capsys):
     _write_ome_zarr(src, img, (0.5, 0.5))
     out, work = tmp_path / "labels.ome.zarr", tmp_path / "work"
     assert main(["predict", str(src), "--model", str(ckpt), "--out", str(out), "--chunks", "32,48",
-                 "--workdir", str(work)]) == 0
+                 "--workdir", str(work), "--keep-workdir"]) == 0
     labels, scale, meta = _read_labels(out)
     assert scale == [0.5, 0.5] and "image-label" in meta and labels.shape == img.shape
     # Exact: the labels are the whole-array decoding of the stored network outputs.

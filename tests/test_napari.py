@@ -39,7 +39,8 @@ from rdcnet.data import DEFAULT_SPACING_3D  # noqa: E402
 from rdcnet.napari import _core  # noqa: E402
 from rdcnet.postprocess import PostprocessConfig  # noqa: E402
 from rdcnet.predict import predict  # noqa: E402
-from rdcnet.train import TrainConfig, save_checkpoint  # noqa: E402
+from rdcnet.checkpoint import save_checkpoint  # noqa: E402
+from rdcnet.train import TrainConfig
 from rdcnet_ext import ops  # noqa: E402
 from helpers import tiny_model  # noqa: E402
 
@@ -107,11 +108,41 @@ def test_segment_and_train_reject_bad_layers(tmp_path):
 
 def test_train_on_a_layer_writes_a_usable_checkpoint(tmp_path):
     (image, _, _), (labels, _, _) = _core.sample_nuclei_2d()
-    request = _core.TrainRequest(out_dir=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, margin=4.0, groups=2,
+    request = _core.TrainRequest(out_dir=str(tmp_path / "run"), epochs=2, steps_per_epoch=2, margin=4.0, groups=2,
                                  channels_per_group=4, iterations=2)
-    result = _core.train_on_layer(image[:96, :96], labels[:96, :96], request)
+    steps = _core.training_progress(image[:96, :96], labels[:96, :96], request)
+    updates = []
+    try:
+        while True:
+            updates.append(next(steps))
+    except StopIteration as stop:
+        result = stop.value
+    assert [(u["epoch"], u["step"], u["steps"]) for u in updates] == [(1, 1, 4), (1, 2, 4), (2, 3, 4), (2, 4, 4)]
+    assert updates[-1]["eta_seconds"] == 0 and all(u["eta_seconds"] >= 0 for u in updates)
+    assert "epoch 1/2" in _core.describe_progress(updates[0])
     assert result.best_checkpoint.is_file()
     assert _core.decoding_defaults(result.best_checkpoint)["margin"] == 4.0
+    # A second training into the same folder would silently replace the model: refused.
+    with pytest.raises(ValueError, match="already holds a trained model"):
+        _core.train_on_layer(image[:96, :96], labels[:96, :96], request)
+
+
+def test_each_training_gets_a_new_run_folder(tmp_path):
+    first = _core.default_run_dir(tmp_path)
+    assert first.endswith("run-001")
+    assert _core.default_run_dir(tmp_path, taken=[first]).endswith("run-002")
+    (tmp_path / "run-001").mkdir()
+    assert _core.default_run_dir(tmp_path).endswith("run-002")
+
+
+def test_stopping_the_training_generator_stops_the_training(tmp_path):
+    (image, _, _), (labels, _, _) = _core.sample_nuclei_2d()
+    request = _core.TrainRequest(out_dir=str(tmp_path / "run"), epochs=50, steps_per_epoch=50, groups=2,
+                                 channels_per_group=4, iterations=1)
+    steps = _core.training_progress(image[:64, :64], labels[:64, :64], request)
+    assert next(steps)["step"] == 1
+    steps.close()  # what napari's worker.quit() does: the training thread ends at its next step
+    assert not (tmp_path / "run" / "run.lock").exists()
 
 
 # ---- the widgets --------------------------------------------------------------------------------
@@ -180,8 +211,9 @@ def test_train_widget_passes_the_drawn_labels(qtbot, tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_train(image, labels, request, scale=None, rgb=False):  # the real one is tested above
+    def fake_train(image, labels, request, scale=None, rgb=False, callback=None):  # the real one is tested above
         calls.append((image, labels, request, rgb))
+        callback({"epoch": 1, "epochs": 3, "step": 1, "steps": 21, "loss": 0.5, "eta_seconds": 10.0})
         return types.SimpleNamespace(best_f1=0.5, best_checkpoint=tmp_path / "run" / "best.pt")
 
     monkeypatch.setattr(_core, "train_on_layer", fake_train)
@@ -190,7 +222,9 @@ def test_train_widget_passes_the_drawn_labels(qtbot, tmp_path, monkeypatch):
     widget.out_dir.value = tmp_path / "run"
     widget.epochs.value, widget.steps_per_epoch.value, widget.margin.value = 3, 7, 4.5
     worker = widget(viewer=RecordingViewer(), image=Image(image), labels=Labels(labels))
+    assert not widget.call_button.enabled  # no second training while this one runs
     qtbot.waitUntil(lambda: bool(calls) and not worker.is_running, timeout=30_000)
+    qtbot.waitUntil(lambda: widget.call_button.enabled, timeout=10_000)
     got_image, got_labels, request, rgb = calls[0]
     assert got_image is image and got_labels is labels and not rgb
     assert (request.out_dir, request.epochs, request.steps_per_epoch, request.margin) == (str(tmp_path / "run"), 3,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from rdcnet.train import ResumeError
 import tifffile
 import torch
 from PIL import Image
@@ -408,6 +410,11 @@ def test_config_on_fixtures_trains_and_evaluates(tmp_path, cvppp_dir):
     assert ev.table1.splitlines()[0] == "| Dataset | Method | Precision | Recall | F1 | SBD | AJI |"
     assert ev.table1.splitlines()[2].startswith("| CVPPP-fixture | RDCNet | ")
     np.testing.assert_allclose(ev.summary.thresholds, [0.5, 0.75])
+    # A resume that is refused touches nothing in the run folder (splits.json was rewritten before).
+    (run / "splits.json").write_text("as it was")
+    with pytest.raises(ResumeError, match="lr was"):
+        cfg.run_training(progress=False, lr=0.5)
+    assert (run / "splits.json").read_text() == "as it was"
     # an out_dir override (as from a CLI --out) and train overrides
     tc = cfg.train_config(out_dir=tmp_path / "other", epochs=3)
     assert tc.out_dir == str(tmp_path / "other") and tc.epochs == 3 and tc.crop == (32, 32)

@@ -132,8 +132,28 @@ def test_autocast_and_float16():
     grads = torch.autograd.grad(y, leaves, gy)
     assert all(t.dtype == torch.float32 for t in grads)
     assert rel_err(y, reference.ssdc(*(t.double() for t in inputs), case[4], case[1])) <= TOL
+    assert torch.equal(y, ops.ssdc(*inputs, case[4], case[1]))  # the bf16 kernel, not the float32 one
     y16 = ops.ssdc(*(t.half() for t in inputs), case[4], case[1])
     assert y16.dtype == torch.float16
+
+
+def test_kernel_inside_the_model():
+    """A whole RDCNet forward under CPU bf16 autocast on the fused path agrees with the float32
+    chain to bf16 accuracy (the kernel runs inside the model, not only in isolation)."""
+    import rdcnet
+
+    torch.manual_seed(0)
+    model = rdcnet.RDCNet(ndim=2, in_channels=1, groups=2, channels_per_group=16, downsampling_channels=8,
+                          dilations=(1, 2, 4), iterations=3, ssdc_path="fused").eval()
+    x = torch.rand(1, 1, 48, 40)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused = model(x)
+        model.ssdc_path = "chain"
+        chain = model(x)
+    grid = model.coordinates((48, 40))
+    assert rel_err(fused.embeddings - grid, chain.embeddings - grid) < 5e-2
+    assert rel_err(fused.probabilities, chain.probabilities) < 1e-2
 
 
 def test_bad_inputs_raise():
@@ -158,7 +178,7 @@ def test_isa_names():
 FALLBACK_CASES = [EDGE_CASES[3], EDGE_CASES[5], (1, 1, 33, (3, 40), (1, 2))]
 
 
-@pytest.mark.parametrize("isa", ["avx512", "generic"])
+@pytest.mark.parametrize("isa", ["avx512", pytest.param("generic", marks=pytest.mark.slow)])
 def test_fallback_without_avx512_bf16(isa, tmp_path):
     """RDCNET_EXT_SSDC_ISA=avx512 (AVX-512F, no BF16) or generic runs the bf16 build whose
     micro-kernels widen bf16 pairs to float32: it meets the reference and agrees with this process's

@@ -255,7 +255,8 @@ def test_model_trains_one_step_under_cuda_autocast(path, dtype):
 def test_training_with_bf16_autocast_and_the_recompute_path(tmp_path):
     from rdcnet.data import nuclei_2d
     from rdcnet.postprocess import PostprocessConfig
-    from rdcnet.train import TrainConfig, load_checkpoint, train
+    from rdcnet.checkpoint import load_checkpoint
+    from rdcnet.train import TrainConfig, train
 
     pairs = nuclei_2d(3, (48, 48), seed=31)
     model = tiny_model(ssdc_path="recompute")

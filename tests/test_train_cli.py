@@ -15,7 +15,8 @@ from rdcnet.data import nuclei_2d, read_labels, write_image, write_labels
 from rdcnet.model import RDCNet
 from rdcnet.postprocess import PostprocessConfig
 from rdcnet.predict import predict
-from rdcnet.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from rdcnet.checkpoint import load_checkpoint, save_checkpoint
+from rdcnet.train import TrainConfig, train
 
 SMALL = dict(ndim=2, in_channels=1, factor=4, downsampling_channels=8, groups=2, channels_per_group=8,
              dilations=(1, 2, 4), iterations=3, dropout=0.0)
@@ -56,7 +57,7 @@ def test_short_training_lowers_the_loss_and_raises_f1(tmp_path, nuclei):
     assert {"train_loss", "val_loss", "val_f1", "lr"} <= set(rows[0])
     assert (tmp_path / "run" / "training.png").stat().st_size > 1000
     # The decoding was tuned on the validation images and stored with the best model.
-    tuning = torch.load(result.best_checkpoint, weights_only=False)["postprocess_tuning"]
+    tuning = torch.load(result.best_checkpoint, weights_only=True)["postprocess_tuning"]
     assert tuning["f1"] >= tuning["f1_before"]
     # A 20×20 NaN patch (issue 9) leaves the objects elsewhere found.
     image = nuclei["val"][0][0].astype(np.float32)
@@ -124,7 +125,7 @@ def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path, nu
     torch.manual_seed(0)
     train(RDCNet(**SMALL), nuclei["train"], nuclei["val"], config(tmp_path, epochs=3, steps_per_epoch=3),
           progress=False)
-    reference = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state_dict"]
+    reference = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
 
     other = tmp_path / "interrupted"
     cfg = config(other, epochs=3, steps_per_epoch=3)
@@ -141,13 +142,13 @@ def test_interrupted_training_resumes_after_the_last_finished_epoch(tmp_path, nu
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         train(RDCNet(**SMALL), nuclei["train"], nuclei["val"], cfg, progress=False)
-    ckpt = torch.load(other / "run" / "last.pt", weights_only=False)
+    ckpt = torch.load(other / "run" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 0 and len(ckpt["history"]) == 1  # the finished epoch is on disk
     monkeypatch.setattr(train_module._Sampler, "batch", real_batch)
     torch.manual_seed(123)  # resuming restores the RNG states: the seed here must not matter
     result = train(RDCNet(**SMALL), nuclei["train"], nuclei["val"], cfg, progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    resumed = torch.load(other / "run" / "last.pt", weights_only=False)["state_dict"]
+    resumed = torch.load(other / "run" / "last.pt", weights_only=True)["state_dict"]
     for k in reference:
         torch.testing.assert_close(resumed[k], reference[k], msg=k)
 

@@ -10,12 +10,13 @@ from .losses import RDCNetLoss, embedding_soft_jaccard_loss, soft_jaccard_loss
 from .model import RDCNet, RDCNetConfig, RDCNetOutput
 from .postprocess import PostprocessConfig, labels_from_output
 from .predict import predict, predict_output
-from .train import TrainConfig, load_checkpoint, train
+from .checkpoint import load_checkpoint, load_model
+from .train import TrainConfig, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RDCNet", "RDCNetConfig", "RDCNetOutput", "RDCNetLoss", "soft_jaccard_loss", "embedding_soft_jaccard_loss",
     "PostprocessConfig", "labels_from_output", "predict", "predict_output", "TrainConfig", "train",
-    "load_checkpoint", "metrics", "data", "__version__",
+    "load_checkpoint", "load_model", "metrics", "data", "__version__",
 ]

@@ -15,8 +15,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ._checks import check_int, check_number, resolve_device
+from ._checks import check_int, check_number, check_per_axis, resolve_device
 from .demo import DEMO_DURATION
+from .machine import PRECISIONS
 from .postprocess import check_postprocess_value
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -70,6 +71,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    from .plan import parse_duration
+
+    try:
+        return parse_duration(text, "")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip(": ")) from None
+
+
 def _device(text: str) -> str:
     try:
         resolve_device(text, what="")
@@ -103,13 +113,14 @@ def _ints(text: str) -> tuple:
 
 
 def _per_axis(values: Optional[tuple], ndim: int, name: str):
+    """An option's values (already checked one by one) for each of ``ndim`` axes (the library's rule)."""
     if values is None:
         return None
-    if len(values) == 1:
-        return values * ndim
-    if len(values) != ndim:
-        raise UsageError(f"--{name}: expected 1 or {ndim} values for {ndim}D data, got {len(values)}")
-    return values
+    kind = "int" if all(isinstance(v, int) for v in values) else "spacing"
+    try:
+        return check_per_axis(values, ndim, f"--{name}", kind=kind)
+    except ValueError as exc:
+        raise UsageError(f"{exc} for {ndim}D data") from None
 
 
 def _image_files(path: Path, what: str) -> List[Path]:
@@ -164,6 +175,8 @@ def _data_shape(pairs, paths, ndim_option: Optional[int]):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if not args.quick:
+        _warn_if_busy(args)
     return run_demo(out_dir=Path(args.out), steps=args.steps, seed=args.seed, device=args.device, quick=args.quick)
 
 
@@ -181,8 +194,51 @@ def _train_from_config(args) -> int:
     return 0
 
 
+PLAN_ENV = "RDCNET_PLAN"  # the plan file --nproc's parent made, for the processes it starts
+
+
+def _train_options(args, ndim: int) -> dict:
+    """The settings given explicitly on the command line (None: planned)."""
+    return {"margin": args.margin, "factor": _per_axis(args.factor, ndim, "factor"),
+            "crop": _per_axis(args.crop, ndim, "crop"), "dilations": args.dilations, "groups": args.groups,
+            "channels_per_group": args.channels, "downsampling_channels": args.downsampling_channels,
+            "iterations": args.iterations, "batch_size": args.batch, "precision": args.amp, "augment": args.augment,
+            "time": args.time, "epochs": args.epochs, "steps_per_epoch": args.steps, "lr": args.lr,
+            "min_votes": args.min_votes, "opening_radius": args.opening_radius}
+
+
+def _train_plan(args, options: dict, pairs, val, spacing, ndim: int, in_channels: int):
+    """The run's plan: the saved one (``--plan``, the --nproc parent's, or the run folder's when
+    resuming) with this command's options, else a new one from the data and this machine."""
+    from .plan import PLAN_FILE, Plan, crop_sampler, fingerprint, plan_training
+
+    out = Path(args.out)
+    source = args.plan or os.environ.get(PLAN_ENV)
+    if source is None and not args.no_resume and (out / "last.pt").exists() and (out / PLAN_FILE).exists():
+        source = out / PLAN_FILE  # a resumed run keeps its plan (no new measurement)
+    if source is not None:
+        try:
+            saved = Plan.load(source)
+        except FileNotFoundError:
+            raise UsageError(f"--plan: no such file: {source}") from None
+        fp = saved.fingerprint
+        if (fp.ndim, fp.channels) != (ndim, in_channels):
+            raise UsageError(f"--plan {source}: made for {fp.ndim}D images with {fp.channels} channel(s), these are "
+                             f"{ndim}D with {in_channels}")
+        return saved.with_options(options)
+    timed = options["epochs"] is None or options["steps_per_epoch"] is None
+    if timed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("under torchrun each process would measure its own plan: give --epochs and --steps, or "
+                         "--plan FILE, or start with 'rdcnet train --nproc N'")
+    fp = fingerprint(pairs + val, spacing)
+    val_pixels = sum(int(np.prod(labels.shape)) for _, labels in val)
+    return plan_training(fp, options, device=args.device or "auto", val_pixels=val_pixels,
+                         sample=crop_sampler(pairs, seed=args.seed))
+
+
 def cmd_train(args) -> int:
-    if args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    parent = args.nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    if parent and args.config:
         from .distributed import launch, without_option
 
         return launch(args.nproc, without_option(args.argv, "--nproc"))
@@ -192,11 +248,14 @@ def cmd_train(args) -> int:
         raise UsageError("give --images, --labels and --out (or --config FILE)")
     if bool(args.val_images) != bool(args.val_labels):
         raise UsageError("--val-images and --val-labels go together")
+    if args.time is not None and args.epochs is not None and args.steps is not None:
+        raise UsageError("--time: the time budget plans --epochs and --steps; give --time or both of them, not all "
+                         "three")
     import torch
 
     from .model import RDCNet
-    from .postprocess import PostprocessConfig
-    from .train import TrainConfig, check_crop, check_finite_pixels, resume_state, train
+    from .plan import PLAN_FILE
+    from .train import check_crop, check_finite_pixels, resume_state, train
 
     pairs, paths = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
     val, val_paths = [], []
@@ -207,9 +266,10 @@ def cmd_train(args) -> int:
         for (image, _), path in zip(pairs + val, paths + val_paths):
             check_finite_pixels(image, str(path), "--mask-nonfinite")
     spacing = _per_axis(args.spacing, ndim, "spacing") or (1.0,) * ndim
-    factor = _per_axis(args.factor, ndim, "factor") or ((1, 4, 4) if ndim == 3 else (4, 4))
-    crop = check_crop(_per_axis(args.crop, ndim, "crop") or ((16, 128, 128) if ndim == 3 else (256, 256)), factor,
-                      "--crop")
+    options = _train_options(args, ndim)
+    shapes = [labels.shape for _, labels in pairs + val]
+    if options["crop"] is not None:  # an explicit crop larger than every image is refused before planning
+        check_crop(options["crop"], options["factor"] or (1,) * ndim, "--crop", image_shapes=shapes)
     if not args.val_images:
         if len(pairs) < 2:
             raise UsageError("need at least 2 training images to hold one out for validation "
@@ -221,26 +281,42 @@ def cmd_train(args) -> int:
         order = np.random.default_rng(args.seed).permutation(len(pairs))
         val = [pairs[i] for i in order[:n_val]]
         pairs = [pairs[i] for i in order[n_val:]]
-    cfg = TrainConfig(out_dir=args.out, margin=args.margin, crop=crop,
-                      epochs=50 if args.epochs is None else args.epochs,
-                      steps_per_epoch=100 if args.steps is None else args.steps,
-                      lr=1e-3 if args.lr is None else args.lr,
-                      augment=args.augment or ("rgb" if in_channels == 3 else "grey"),
-                      seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite, amp=args.amp,
-                      postprocess=PostprocessConfig(margin=args.margin, min_votes=args.min_votes,
-                                                    opening_radius=args.opening_radius))
+    main = os.environ.get("RANK", "0") == "0"  # once per DDP job
+    plan = _train_plan(args, options, pairs, val, spacing, ndim, in_channels)
+    check_crop(plan.values["crop"], plan.values["factor"], "--crop", image_shapes=shapes)
+    cfg = plan.train_config(args.out, seed=args.seed, device=args.device or "auto", mask_nonfinite=args.mask_nonfinite,
+                            tune_postprocess=not args.no_tune)
     torch.manual_seed(args.seed)  # the initial weights too: same command and seed, same run
-    model = RDCNet(ndim, in_channels, factor=factor, groups=args.groups, channels_per_group=args.channels,
-                   dilations=args.dilations, iterations=args.iterations, spacing=spacing,
-                   downsampling_channels=args.downsampling_channels, ssdc_path=args.ssdc)
+    model = RDCNet(ndim, in_channels, spacing=spacing, ssdc_path=args.ssdc, **plan.model_kwargs())
     if not args.no_resume:
         resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
-    if os.environ.get("RANK", "0") == "0":  # once per DDP job
+    if main:
+        if os.environ.get(PLAN_ENV) is None:  # (--nproc's processes: their parent printed it)
+            print(plan.fingerprint.table() + "\n" + plan.table(), file=sys.stderr)
+        path = plan.save(Path(args.out) / PLAN_FILE)
+    if parent:  # the processes plan nothing: they read this plan
+        os.environ[PLAN_ENV] = str(path.resolve())
+        from .distributed import launch, without_option
+
+        return launch(args.nproc, without_option(args.argv, "--nproc"))
+    if main:
         print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}", file=sys.stderr)
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}; plan in {path}",
+              file=sys.stderr)
+        _warn_if_busy(args)
     result = train(model, pairs, val, cfg, resume=not args.no_resume)
     _report_training(result)
     return 0
+
+
+def _warn_if_busy(args) -> None:
+    """Before a long CPU run: say so when other work occupies the cores (unless --threads was given)."""
+    from .machine import busy_warning
+
+    if getattr(args, "threads", None) is None and (args.device or "auto") != "cuda":
+        message = busy_warning()
+        if message:
+            warnings.warn(message)
 
 
 def _report_training(result) -> None:
@@ -260,7 +336,7 @@ def _output_path(out: Path, image: Path, single: bool) -> Path:
 
 
 def _load_model(path, device):
-    from .export import load_model
+    from .checkpoint import load_model
 
     try:
         return load_model(path, device=device)
@@ -276,8 +352,19 @@ def _is_large_request(args) -> bool:
             or args.chunks is not None or args.scheduler is not None)
 
 
+def _require_large_extra() -> None:
+    """The chunked path needs the 'large' extra; without it, one line saying how to install it."""
+    import importlib.util
+
+    missing = [m for m in ("dask", "zarr", "ome_zarr") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"OME-Zarr and chunked prediction need the 'large' extra ({', '.join(missing)} not "
+                         "installed): pip install 'rdcnet[large]'")
+
+
 def _predict_large(args) -> int:
-    from .large import predict_large, scheduler
+    _require_large_extra()
+    from .large import default_workdir, predict_large, scheduler
 
     inp = Path(args.input)
     if not inp.exists():
@@ -291,15 +378,18 @@ def _predict_large(args) -> int:
         raise UsageError(f"--out: expected a .zarr (OME-Zarr labels) or .tif path for a large image, got {out}")
     model, post = _load_model(args.model, "cpu")
     model.ssdc_path = args.ssdc
-    for name in ("min_distance", "min_votes", "opening_radius"):
+    for name in ("min_distance", "min_votes", "opening_radius", "foreground_threshold", "tta"):
         value = getattr(args, name)
         if value is not None:
             setattr(post, name, value)
     ndim = model.config.ndim
+    args.interrupted_note = (f"finished chunks are kept in {args.workdir or default_workdir(out)}; rerun the same "
+                             "command to resume (--no-resume starts over)")
     with scheduler(args.scheduler):
         _, centres = predict_large(model, inp, out, post, chunks=_per_axis(args.chunks, ndim, "chunks"),
                                    overlap=_per_axis(args.overlap, ndim, "overlap"), device=args.device,
-                                   workdir=args.workdir)
+                                   workdir=args.workdir, resume=not args.no_resume, keep_workdir=args.keep_workdir,
+                                   precision=args.precision)
     print(f"{inp} -> {out}: {len(centres)} objects")
     return 0
 
@@ -318,7 +408,7 @@ def cmd_predict(args) -> int:
     tile = None
     if args.tile is not None:
         tile = check_tile_shape(_per_axis(args.tile, model.config.ndim, "tile"), model.config, "--tile")
-    for name in ("min_distance", "min_votes", "opening_radius"):
+    for name in ("min_distance", "min_votes", "opening_radius", "foreground_threshold", "tta"):
         value = getattr(args, name)
         if value is not None:
             setattr(post, name, value)
@@ -332,7 +422,8 @@ def cmd_predict(args) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                labels = predict(model, image, post, tile_shape=tile, device=args.device, progress=True)
+                labels = predict(model, image, post, tile_shape=tile, device=args.device, progress=True,
+                                 precision=args.precision)
             except ValueError as exc:
                 raise UsageError(f"{path}: {exc}") from None
         for w in caught:  # what the user should see, now naming the file
@@ -413,7 +504,7 @@ def cmd_sweep(args) -> int:
 def cmd_show(args) -> int:
     from .data import read_image
     from .show import show_iterations, show_votes
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     model, post, _ = load_checkpoint(args.model, device=args.device)
     image = read_image(_image_files(Path(args.image), "image")[0])
@@ -452,8 +543,13 @@ def cmd_export(args) -> int:
 
 
 SSDC_CHOICES = ("auto", "chain", "recompute", "fused")
-SSDC_HELP = ("how the sSDC is computed: auto (default: the fastest measured for the device), chain, recompute "
+SSDC_HELP = ("how the sSDC is computed: auto (default: the fastest, timed on this machine at first use), chain, recompute "
              "(about half the memory) or fused (rdcnet_ext's kernel, least memory)")
+
+
+def _add_threads(parser) -> None:
+    parser.add_argument("--threads", type=_count(1, 4096), help="CPU threads (default: one per core; fewer when "
+                                                                 "other work runs on the machine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,13 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_count(), default=500, help="training steps per epoch, 12 epochs (default: %(default)s)")
     d.add_argument("--seed", type=_count(0, SEED_MAX), default=0)
     d.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    _add_threads(d)
     d.add_argument("--quick", action="store_true", help="a 20-step run to check the installation (about 10 seconds)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on image/label folders",
                        description="Train RDCNet on pairs of images and instance labels (same file names in "
                                    "the two folders; TIFF or PNG; 2D, 2D RGB or 3D).")
-    t.epilog = ("examples: rdcnet train --images data/images --labels data/labels --out runs/nuclei --margin 5 | "
+    t.epilog = ("examples: rdcnet train --images data/images --labels data/labels --out runs/nuclei (every setting "
+                "planned from the data and the machine; plan.json in the run folder) | ... --time 30m --margin 4 | "
                 "rdcnet train --config configs/monuseg.toml (rerun the same command to resume)")
     t.add_argument("--config", help="experiment file (configs/*.toml): data, model and training settings; "
                                     "--out/--epochs/--steps/--lr/--device override it")
@@ -490,22 +588,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder: checkpoints, log.csv, training.png")
     t.add_argument("--ndim", type=int, choices=(2, 3), help="spatial dimensions (default: from the images)")
     t.add_argument("--spacing", type=_floats, help="pixel size per axis, e.g. 2,0.26,0.26 (default: 1)")
-    t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: 4 in 2D, 1,4,4 in 3D)")
-    t.add_argument("--crop", type=_ints, help="training crop in pixels (default: 256 in 2D, 16,128,128 in 3D)")
-    t.add_argument("--margin", type=_post("margin"), default=5.0, help="ESJ margin in physical units (default: %(default)s)")
-    t.add_argument("--epochs", type=_count(), help="default: 50; a larger value on resume extends the run")
-    t.add_argument("--steps", type=_count(), help="steps per epoch (default: 100)")
+    t.add_argument("--factor", type=_ints, help="down-sampling factor per axis (default: planned: objects stay at "
+                                              "least 4 coarse pixels wide)")
+    t.add_argument("--crop", type=_ints, help="training crop in pixels (default: planned: about 6 objects across)")
+    t.add_argument("--margin", type=_post("margin"), help="ESJ margin in physical units (default: planned: a quarter "
+                                                          "of the median object diameter)")
+    t.add_argument("--time", type=_duration, help="time budget of the run, e.g. 90s, 10m, 2h (default: 5m on a CPU, "
+                                                  "20m on a GPU); plans --epochs and --steps")
+    t.add_argument("--epochs", type=_count(), help="default: planned for --time; a larger value on resume extends "
+                                                   "the run")
+    t.add_argument("--steps", type=_count(), help="steps per epoch (default: planned for --time)")
+    t.add_argument("--batch", type=_count(), help="crops per step (default: 2, more when crops hold few objects)")
     t.add_argument("--lr", type=_positive_number, help="initial learning rate (default: 1e-3, cosine to 1e-5)")
-    t.add_argument("--groups", type=_count(), default=8)
-    t.add_argument("--channels", type=_count(), default=64, help="channels per group (default: %(default)s)")
-    t.add_argument("--downsampling-channels", type=_count(), default=32)
-    t.add_argument("--dilations", type=_ints, default=(1, 2, 4, 8))
-    t.add_argument("--iterations", type=_count(), default=5)
+    t.add_argument("--groups", type=_count(), help="default: planned (8 on a GPU and CPU, fewer for a short budget)")
+    t.add_argument("--channels", type=_count(), help="channels per group (default: planned: 64 on a GPU, 16 or "
+                                                      "fewer on a CPU)")
+    t.add_argument("--downsampling-channels", type=_count(), help="default: planned (32 on a GPU, 16 or fewer on "
+                                                                   "a CPU)")
+    t.add_argument("--dilations", type=_ints, help="default: planned: 1,2,4,8 or fewer for small crops")
+    t.add_argument("--iterations", type=_count(), help="default: 5")
     t.add_argument("--augment", choices=("grey", "rgb", "none"), help="default: rgb for colour images, else grey")
-    t.add_argument("--min-votes", type=_post("min_votes"), default=5,
-                   help="minimum votes of a centre (default: %(default)s)")
+    t.add_argument("--min-votes", type=_post("min_votes"),
+                   help="minimum votes of a centre (default: planned from the object size, then tuned)")
     t.add_argument("--opening-radius", type=_post("opening_radius"),
-                   help="label-wise opening radius at inference (physical units)")
+                   help="label-wise opening radius at inference (physical units; default: planned, then tuned)")
+    t.add_argument("--no-tune", action="store_true",
+                   help="keep the decoding as planned or given (default: tune it on the validation images)")
+    t.add_argument("--plan", help="use this plan.json (of another run) instead of planning; options still override")
     t.add_argument("--undefined", type=int, help="label value meaning 'undefined' (ignored in the loss)")
     t.add_argument("--mask-nonfinite", action="store_true",
                    help="leave NaN/Inf image pixels out of the loss (default: refuse such images)")
@@ -516,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over even if the run folder has last.pt (a resumed run must keep its options, "
                         "except --epochs and --device)")
     t.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA); "
-                                                          "default: float32")
+                                                          "default: planned ('auto': float32 for now)")
     t.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
+    _add_threads(t)
     t.add_argument("--nproc", type=_count(), help="train with DistributedDataParallel on this many processes of this "
                                                  "machine (one GPU each with CUDA; gloo on CPU); same as "
                                                  "'torchrun --nproc-per-node N -m rdcnet train ...'")
@@ -541,9 +651,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-votes", type=_post("min_votes"), help="minimum votes of a centre (default: from the checkpoint)")
     r.add_argument("--opening-radius", type=_post("opening_radius"),
                    help="label-wise opening radius (default: from the checkpoint)")
+    r.add_argument("--foreground-threshold", type=_post("foreground_threshold"),
+                   help="foreground where 1 - P(background) exceeds it (default: from the checkpoint; argmax)")
+    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average over flips and 90° turns (default: as tuned in training)")
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or auto (large images: each dask "
                                                                  "worker uses its own GPU with auto)")
+    _add_threads(r)
     r.add_argument("--ssdc", choices=SSDC_CHOICES, default="auto", help=SSDC_HELP)
+    r.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network's arithmetic: auto (default: bfloat16 where the CPU or GPU computes it natively, "
+                        "about twice as fast; float32 elsewhere), fp32 or bf16")
     large = r.add_argument_group("large images (OME-Zarr/TIFF, chunked; exact: equals whole-image decoding)")
     large.add_argument("--chunks", type=_ints, help="chunk size per axis for the chunked path (default: 1024 in "
                                                     "2D, 64,512,512 in 3D); implied by a .zarr input or output")
@@ -551,8 +669,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: the receptive field)")
     large.add_argument("--scheduler", help="dask scheduler: threads (default), sync, processes, or a "
                                            "dask.distributed address tcp://host:port")
-    large.add_argument("--workdir", help="folder for intermediate embeddings (default: a temporary folder "
-                                         "beside --out, removed at the end)")
+    large.add_argument("--workdir", help="folder for the intermediate network outputs and the record of finished "
+                                         "chunks (default: <out>.rdcnet-work beside --out); kept when a run is "
+                                         "interrupted, so rerunning the same command resumes; removed at the end")
+    large.add_argument("--no-resume", action="store_true",
+                       help="start over, discarding the finished chunks of an interrupted run")
+    large.add_argument("--keep-workdir", action="store_true", help="keep the work folder after the labels are written")
     r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="compare predicted labels with ground truth",
@@ -607,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Settings of a run (TrainConfig / RDCNet fields) -> the option that sets them, for resume messages.
 _FLAGS = {"margin": "--margin", "crop": "--crop", "steps_per_epoch": "--steps", "lr": "--lr", "seed": "--seed",
+          "batch_size": "--batch",
           "augment": "--augment", "mask_nonfinite": "--mask-nonfinite", "postprocess.margin": "--margin",
           "postprocess.min_votes": "--min-votes", "postprocess.opening_radius": "--opening-radius",
           "model.groups": "--groups", "model.channels_per_group": "--channels", "model.dilations": "--dilations",
@@ -639,11 +762,26 @@ def _one_line_warnings(command: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train import NonFiniteLossError, ResumeError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc re-runs per process
+    import torch
+
+    from .machine import set_threads
+
+    threads_before = torch.get_num_threads()  # main() may run inside a longer process (tests, notebooks)
+    try:
+        set_threads(getattr(args, "threads", None))
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args) -> int:
+    """Run the command; a problem the user can fix is one line on stderr and exit status 2."""
+    from ._files import OutputLockedError
+    from .train import NonFiniteLossError, ResumeError
+
     try:
         with _one_line_warnings(args.command):
             return args.func(args)
@@ -651,13 +789,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"rdcnet {args.command}: error: {exc}", file=sys.stderr)
     except ResumeError as exc:
         print(f"rdcnet {args.command}: error: {_resume_message(exc)}", file=sys.stderr)
-    except (FileNotFoundError, ValueError, TypeError, OSError, NonFiniteLossError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, OSError, NonFiniteLossError, OutputLockedError) as exc:
         if os.environ.get("RDCNET_DEBUG"):
             raise
         message = " ".join(str(exc).split())  # some messages list files on several lines
         print(f"rdcnet {args.command}: error: {message}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"rdcnet {args.command}: interrupted (finished epochs are saved in the run folder)", file=sys.stderr)
+        note = getattr(args, "interrupted_note", None) or (
+            "finished epochs are saved in the run folder" if args.command == "train" else "files already written are kept")
+        print(f"rdcnet {args.command}: interrupted ({note})", file=sys.stderr)
         return 130
     return 2
 

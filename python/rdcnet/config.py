@@ -398,21 +398,25 @@ class ExperimentConfig:
         ``config.json`` (this configuration, resolved). Resumes an interrupted run.
         Returns the :class:`rdcnet.train.TrainResult`.
         """
-        from .train import train
+        from ._files import OutputLock, atomic_write
+        from .train import RUN_LOCK, resume_state, train
 
         splits = splits if splits is not None else self.load_data()
         if not splits.train:
             raise ValueError(f"{self.source}: the training split is empty")
         model = self.build_model(splits, **(model_overrides or {}))
         tc = self.train_config(out_dir, ndim=model.config.ndim, **train_overrides)
+        if resume:
+            resume_state(tc, model)  # a run that cannot be resumed fails before its files are touched
         run = Path(tc.out_dir)
         run.mkdir(parents=True, exist_ok=True)
-        splits.write_json(run / "splits.json")
-        (run / "config.json").write_text(json.dumps(
-            {**self.resolved(), "model_resolved": model.config.to_dict(), "train_resolved": tc.to_dict()},
-            indent=1, default=str) + "\n")
-        val = splits.val if splits.val else splits.train
-        return train(model, splits.train, val, tc, resume=resume, progress=progress)
+        with OutputLock(run / RUN_LOCK, f"run folder {run}"):  # train() takes the same lock (re-entrant)
+            splits.write_json(run / "splits.json")
+            atomic_write(run / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(
+                {**self.resolved(), "model_resolved": model.config.to_dict(), "train_resolved": tc.to_dict()},
+                indent=1, default=str) + "\n"))
+            val = splits.val if splits.val else splits.train
+            return train(model, splits.train, val, tc, resume=resume, progress=progress)
 
     def default_checkpoint(self, out_dir=None) -> Path:
         if "checkpoint" in self.evaluate and out_dir is None:
@@ -438,7 +442,7 @@ class ExperimentConfig:
         """
         from . import metrics
         from .evaluation import evaluate_model, table1
-        from .train import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         ckpt = Path(checkpoint) if checkpoint is not None else self.default_checkpoint()
         dev = device or self.evaluate.get("device") or self.train.get("device", "auto")

@@ -39,7 +39,8 @@ def run_demo(out_dir: Path = Path("rdcnet-demo"), steps: int = DEMO_STEPS, seed:
     from .postprocess import PostprocessConfig
     from .predict import predict
     from ._checks import check_int, resolve_device
-    from .train import TrainConfig, load_checkpoint, train
+    from .checkpoint import load_checkpoint
+    from .train import TrainConfig, train
     from .viz import save_overlay
 
     steps = check_int(steps, "steps", minimum=1)

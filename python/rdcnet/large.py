@@ -37,6 +37,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import sys
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -45,7 +47,7 @@ from rdcnet_ext import ops
 from rdcnet_ext._geometry import ellipsoid_offsets, peak_window
 
 __all__ = ["vote_histogram", "find_centres", "assign_labels", "embeddings_to_labels", "network_outputs",
-           "predict_large", "receptive_radius", "scheduler"]
+           "predict_large", "default_workdir", "receptive_radius", "scheduler"]
 
 
 def _dask():
@@ -509,11 +511,13 @@ def _task_device(device):
     return resolve_device("auto" if device is None else device)
 
 
-def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations):
+def _predict_block(image, core, region, model, ranges, channel_axis, device, iterations, precision="fp32",
+                   threshold=None):
     """Network on one grown block; returns (embeddings (ndim, *core) float32, foreground (*core) bool)."""
     import torch
 
     from .data.dataset import apply_normalization, to_channels_first
+    from .machine import resolve_precision
     from .postprocess import foreground
 
     x = np.array(to_channels_first(np.asarray(image), channel_axis), dtype=np.float32, order="C", copy=True)
@@ -521,11 +525,13 @@ def _predict_block(image, core, region, model, ranges, channel_axis, device, ite
     dev = _task_device(device)
     if next(model.parameters()).device != dev:
         model = model.to(dev)  # a GPU worker runs on its own device
-    with torch.no_grad():
+    compute_dtype = resolve_precision(precision, dev)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=compute_dtype or torch.float32,
+                                         enabled=compute_dtype is not None):
         out = model(torch.from_numpy(x)[None].to(dev), origin=tuple(r.start for r in region), iterations=iterations)
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
     emb = out.embeddings[0][(slice(None),) + inner].float().cpu().numpy()
-    mask = foreground(out.probabilities[0][(slice(None),) + inner]).cpu().numpy()
+    mask = foreground(out.probabilities[0][(slice(None),) + inner], threshold).cpu().numpy()
     return np.ascontiguousarray(emb), np.ascontiguousarray(mask)
 
 
@@ -543,46 +549,69 @@ def _sample_ranges(image, channel_axis, max_samples: int = 1 << 24):
     return normalization_ranges(x)
 
 
-def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None):
+class _NetworkPlan:
+    """The network pass over an image: per output chunk (row-major block index), the chunk and the
+    grown region the network reads; the image as a dask array, its channel axis and normalisation."""
+
+    def __init__(self, model, image, chunks=None, overlap=None, ranges=None):
+        _, da = _dask()
+        from .predict import DEFAULT_TILE, channel_axis_of
+
+        cfg = model.config
+        self.model, self.ndim = model, cfg.ndim
+        self.channel_axis = channel_axis_of(image, model)  # reads only the shape
+        if not isinstance(image, da.Array):
+            image = da.from_array(image, chunks=image.chunks if hasattr(image, "chunks") and not isinstance(
+                image, np.ndarray) else "auto")
+        self.image = image
+        self.spatial_axes = [i for i in range(image.ndim)
+                             if self.channel_axis is None or i != self.channel_axis % image.ndim]
+        self.shape = tuple(image.shape[i] for i in self.spatial_axes)
+        self.chunks = da.core.normalize_chunks(DEFAULT_TILE[cfg.ndim] if chunks is None else chunks, self.shape)
+        self.overlap = receptive_radius(model) if overlap is None else tuple(overlap)
+        self.ranges = _sample_ranges(image, self.channel_axis) if ranges is None else ranges
+        self.blocks = list(_blocks(self.chunks))
+
+    def read(self, core):
+        """(the image's block the network reads for output chunk ``core``, that block's region)."""
+        # Start on the down-sampling grid so a block sees the pixel grid of the whole image.
+        region = tuple(slice(max(0, (c.start - o) // f * f), min(n, c.stop + o))
+                       for c, o, f, n in zip(core, self.overlap, self.model.config.factor, self.shape))
+        index = [slice(None)] * self.image.ndim
+        for a, r in zip(self.spatial_axes, region):
+            index[a] = r
+        return self.image[tuple(index)], region
+
+
+def network_outputs(model, image, chunks=None, overlap=None, device=None, iterations=None, ranges=None,
+                    precision: str = "auto", foreground_threshold=None):
     """Lazy ``(embeddings (ndim, *S) float32, foreground (*S) bool)`` dask arrays of ``image``
     (NumPy, zarr or dask array; grey, or with a channel axis as :func:`rdcnet.predict.prepare_image`
     accepts), computed block by block: each output chunk runs the network on the chunk grown by
     ``overlap`` pixels (default :func:`receptive_radius`), starting on the model's down-sampling
-    grid, with its global origin, so that the embeddings are global coordinates."""
-    dask, da = _dask()
-    from .predict import DEFAULT_TILE, channel_axis_of
+    grid, with its global origin, so that the embeddings are global coordinates. ``precision``:
+    as :func:`rdcnet.predict.predict` (each worker resolves "auto" for its own device).
+    ``foreground_threshold``: as :attr:`rdcnet.postprocess.PostprocessConfig.foreground_threshold`."""
+    from .machine import PRECISIONS
+    from ._checks import check_choice
 
-    cfg = model.config
-    channel_axis = channel_axis_of(image, model)  # reads only the shape
-    if not isinstance(image, da.Array):
-        image = da.from_array(image, chunks=image.chunks if hasattr(image, "chunks") and not isinstance(
-            image, np.ndarray) else "auto")
-    spatial_axes = [i for i in range(image.ndim) if channel_axis is None or i != channel_axis % image.ndim]
-    shape = tuple(image.shape[i] for i in spatial_axes)
-    if chunks is None:
-        chunks = DEFAULT_TILE[cfg.ndim]
-    chunks = da.core.normalize_chunks(chunks, shape)
-    overlap = receptive_radius(model) if overlap is None else tuple(overlap)
-    if ranges is None:
-        ranges = _sample_ranges(image, channel_axis)
+    check_choice(precision, "precision", PRECISIONS)
+    dask, da = _dask()
+    plan = _NetworkPlan(model, image, chunks, overlap, ranges)
     model_task = dask.delayed(model, pure=True, traverse=False)
     emb, mask = {}, {}
-    for idx, core in _blocks(chunks):
-        # Start on the down-sampling grid so a block sees the pixel grid of the whole image.
-        region = tuple(slice(max(0, (c.start - o) // f * f), min(n, c.stop + o))
-                       for c, o, f, n in zip(core, overlap, cfg.factor, shape))
-        read = [slice(None)] * image.ndim
-        for a, r in zip(spatial_axes, region):
-            read[a] = r
+    for idx, core in plan.blocks:
+        block, region = plan.read(core)
         pair = dask.delayed(_predict_block, pure=True, nout=2)(
-            image[tuple(read)], core, region, model_task, ranges, channel_axis, device, iterations)
+            block, core, region, model_task, plan.ranges, plan.channel_axis, device, iterations, precision,
+            foreground_threshold)
         emb[idx], mask[idx] = pair[0], pair[1]
-    nested_e = np.empty([len(c) for c in chunks], dtype=object)
-    for idx, core in _blocks(chunks):
+    nested_e = np.empty([len(c) for c in plan.chunks], dtype=object)
+    for idx, core in plan.blocks:
         size = tuple(s.stop - s.start for s in core)
-        nested_e[idx] = da.from_delayed(emb[idx], shape=(cfg.ndim,) + size, dtype=np.float32)
+        nested_e[idx] = da.from_delayed(emb[idx], shape=(plan.ndim,) + size, dtype=np.float32)
     embeddings = da.block(nested_e.tolist())
-    return embeddings, _from_blocks(mask, chunks, bool)
+    return embeddings, _from_blocks(mask, plan.chunks, bool)
 
 
 def scheduler(spec: Optional[str] = None):
@@ -643,8 +672,170 @@ class _TaskBar:
         return False
 
 
+# ---- resumable chunked prediction ------------------------------------------------------------------
+#
+# The network pass is the expensive one. Its outputs go to a work folder derived from the output
+# (``<out>.rdcnet-work`` beside it, or ``workdir``): embeddings.zarr, foreground.zarr, run.json (what
+# was run: model, input, chunking) and done/<block> markers, each written after its chunk's data,
+# so a half-written chunk is never taken for a finished one. A rerun of the same command reuses the
+# finished chunks; a rerun with another model, input or chunking is refused (or starts over with
+# resume=False). The labels are written beside the output and renamed onto it at the end, so a
+# killed run never leaves an output that looks finished; the work folder goes once it is.
+
+WORK_SUFFIX = ".rdcnet-work"
+_WORK_FORMAT = 1
+
+
+def default_workdir(out) -> Path:
+    """Where the intermediate results of a chunked prediction to ``out`` go: beside it."""
+    out = Path(out)
+    return out.with_name(out.name + WORK_SUFFIX)
+
+
+def _model_digest(model) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _source_identity(source, image) -> dict:
+    """What identifies the input: its path and file times, or (arrays) a digest of its contents."""
+    import hashlib
+
+    if source is not None:
+        path = Path(source).resolve()
+        meta = [p for p in (path / "zarr.json", path / ".zattrs", path / ".zgroup", path) if p.exists()][0]
+        stat = meta.stat()
+        return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if isinstance(image, np.ndarray):
+        return {"sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:32]}
+    from dask.base import tokenize
+
+    return {"token": tokenize(image)}
+
+
+class _WorkDir:
+    """The work folder of one chunked prediction (see the comment above)."""
+
+    def __init__(self, path: Path, identity: dict, resume: bool):
+        import json
+        import shutil
+
+        self.path, self.identity = Path(path), json.loads(json.dumps(identity))
+        self.done_dir = self.path / "done"
+        record = self.path / "run.json"
+        if self.path.exists() and not record.is_file() and (not self.path.is_dir() or any(self.path.iterdir())):
+            # Never delete or fill a folder that is not a work folder of ours (a mistyped --workdir).
+            raise ValueError(f"workdir {self.path}: exists and is not the work folder of a chunked prediction; "
+                             "choose an empty or new folder")
+        if self.path.exists() and not resume:
+            shutil.rmtree(self.path)
+        if record.is_file():
+            try:
+                saved = json.loads(record.read_text())
+            except (OSError, ValueError):
+                saved = None
+            if saved != self.identity:
+                what = sorted(k for k in set(self.identity) | set(saved or {})
+                              if (saved or {}).get(k) != self.identity.get(k))
+                raise ValueError(f"workdir {self.path}: holds the network outputs of another run ({', '.join(what)} "
+                                 "differ); to start over pass resume=False (--no-resume), or use another workdir")
+
+    def open(self, shape, chunks):
+        """(embeddings, foreground) zarr arrays, created on the first run, reopened on a rerun."""
+        import json
+        import shutil
+
+        import zarr
+
+        from ._files import atomic_write
+
+        emb_shape, emb_chunks = (len(shape),) + tuple(shape), (len(shape),) + tuple(chunks)
+        if (self.path / "run.json").is_file():
+            try:
+                z_emb = zarr.open_array(str(self.path / "embeddings.zarr"), mode="r+")
+                z_mask = zarr.open_array(str(self.path / "foreground.zarr"), mode="r+")
+                if z_emb.shape == emb_shape and z_mask.shape == tuple(shape):
+                    return z_emb, z_mask
+            except Exception:  # damaged stores: start this work folder afresh
+                pass
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in ("done", "embeddings.zarr", "foreground.zarr", "run.json"):
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        self.done_dir.mkdir()
+        z_emb = zarr.open_array(str(self.path / "embeddings.zarr"), mode="w", shape=emb_shape, chunks=emb_chunks,
+                                dtype=np.float32, zarr_format=3)
+        z_mask = zarr.open_array(str(self.path / "foreground.zarr"), mode="w", shape=tuple(shape),
+                                 chunks=tuple(chunks), dtype=bool, zarr_format=3)
+        atomic_write(self.path / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(self.identity, indent=1)))
+        return z_emb, z_mask
+
+    @staticmethod
+    def marker_name(idx) -> str:
+        return "_".join(map(str, idx))
+
+    def finished(self) -> set:
+        return {name.name for name in self.done_dir.iterdir()} if self.done_dir.is_dir() else set()
+
+
+def _network_chunk_to_store(block, core, region, model, ranges, channel_axis, device, iterations, precision, threshold,
+                            z_emb, z_mask, marker: str) -> int:
+    """Run the network on one grown block, store its chunk, then mark the chunk finished."""
+    emb, mask = _predict_block(block, core, region, model, ranges, channel_axis, device, iterations, precision,
+                               threshold)
+    z_emb[(slice(None),) + tuple(core)] = emb
+    z_mask[tuple(core)] = mask
+    with open(marker, "w"):  # written after the data: a marker always means a whole chunk
+        pass
+    return 1
+
+
+def _check_large_options(model, out, chunks, overlap, device, iterations, spacing, workdir, ndim) -> dict:
+    """The options of :func:`predict_large`, checked by the library's rules (as the CLI's are)."""
+    from ._checks import check_int, check_path, check_per_axis, resolve_device
+
+    if device is not None:
+        resolve_device(device, "device")  # "auto" stays "auto": each worker picks its own device
+    if out is not None:
+        check_path(out, "out")
+        if Path(out).suffix.lower() not in (".zarr", ".tif", ".tiff"):
+            raise ValueError(f"out: expected a .zarr (OME-Zarr labels) or .tif path, got {out}")
+    return dict(
+        chunks=None if chunks is None else check_per_axis(chunks, ndim, "chunks", kind="int"),
+        overlap=None if overlap is None else check_per_axis(overlap, ndim, "overlap", kind="int", minimum=0),
+        device=device,
+        iterations=None if iterations is None else check_int(iterations, "iterations", minimum=1),
+        spacing=None if spacing is None else check_per_axis(spacing, ndim, "spacing", kind="spacing"),
+        workdir=check_path(workdir, "workdir", optional=True))
+
+
+def _replace_output(staged: Path, out: Path) -> None:
+    """Put the finished ``staged`` output where ``out`` is (a rename: the output appears whole)."""
+    import shutil
+
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        out.rename(old)
+        staged.rename(out)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        staged.rename(out)
+
+
 def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap=None, device=None,
-                  iterations=None, spacing=None, workdir=None, progress: bool = True):
+                  iterations=None, spacing=None, workdir=None, progress: bool = True, resume: bool = True,
+                  keep_workdir: bool = False, precision: str = "auto"):
     """Segment an image larger than memory, chunk by chunk, into the labels whole-image
     post-processing of the same network outputs would give.
 
@@ -653,71 +844,129 @@ def predict_large(model, image, out=None, postprocess=None, chunks=None, overlap
         image: a NumPy, zarr or dask array (grey, or colour with a channel axis), or a path to an
             OME-Zarr or TIFF (read lazily; see :func:`rdcnet.ngff.open_image`).
         out: where to write the labels: ``*.zarr`` (OME-Zarr NGFF labels, zarr v3, with the
-            physical scale) or ``*.tif`` (small images); None returns a lazy dask array.
+            physical scale) or ``*.tif`` (small images); None returns the labels.
         postprocess: :class:`rdcnet.postprocess.PostprocessConfig` (default: its defaults).
         chunks: output chunk per spatial axis (default :data:`rdcnet.predict.DEFAULT_TILE`); the
             network runs on each chunk grown by ``overlap`` (default :func:`receptive_radius`).
         device: "cpu", "cuda" or "auto" (each worker picks its own GPU when it has one).
         spacing: physical pixel size written to the OME-Zarr (default: the image's, else the model's).
-        workdir: folder for the intermediate embeddings and foreground (a zarr store; default: a
-            temporary folder beside ``out``, removed at the end).
+        workdir: folder for the intermediate embeddings and foreground (zarr stores) and the record
+            of finished chunks; default :func:`default_workdir` of ``out`` (a temporary folder when
+            ``out`` is None, which cannot be resumed).
         progress: show progress bars.
+        resume: reuse the chunks a killed or interrupted run with the same model, input and
+            chunking finished in ``workdir`` (another run's work folder is refused); False starts over.
+        keep_workdir: keep the work folder after the output is written (default: removed).
+        precision: the network's arithmetic, as :func:`rdcnet.predict.predict` ("auto": bfloat16
+            where the hardware has it natively); resolved per worker for its device.
 
-    The network outputs are stored once to ``workdir`` (memory stays bounded by the chunk), then
-    :func:`embeddings_to_labels` runs on them. Computations run on dask's current scheduler (the
-    threaded one, or a ``dask.distributed.Client`` if one is active). Returns ``(out, centres)``
-    when writing, else ``(labels as a NumPy int32 array, centres)``; label ``k + 1`` is the
-    object of ``centres[k]``.
+    The network outputs are stored once to the work folder (memory stays bounded by the chunk),
+    then :func:`embeddings_to_labels` runs on them and the labels are written beside ``out`` and
+    renamed onto it, so ``out`` only ever holds a whole result. An interrupted run (Ctrl-C,
+    SIGTERM, kill -9) keeps its work folder: the same call resumes. Decoding settings may change
+    between the runs (they do not touch the stored network outputs). Only one run may write an
+    output at a time (a lock file ``<out>.lock``; one left by a killed run is taken over).
+    Computations run on dask's current scheduler (the threaded one, or a ``dask.distributed.Client``
+    if one is active). Returns ``(out, centres)`` when writing, else ``(labels as a NumPy int32
+    array, centres)``; label ``k + 1`` is the object of ``centres[k]``.
     """
     import shutil
     import tempfile
 
-    import dask.array as da
-    import zarr
+    dask, da = _dask()
+    from ._checks import check_bool, check_choice
+    from ._files import OutputLock
+    from .predict import as_postprocess, check_model
 
-    from .postprocess import PostprocessConfig
+    from ._checks import resolve_device
+    from .machine import PRECISIONS, precision_name, resolve_precision
 
-    if isinstance(postprocess, dict):
-        postprocess = PostprocessConfig(**postprocess)
-    postprocess = postprocess or PostprocessConfig()
-    image_spacing = None
+    check_model(model)
+    check_choice(precision, "precision", PRECISIONS)
+    postprocess = as_postprocess(postprocess)
+    progress, resume, keep_workdir = (check_bool(v, n) for v, n in ((progress, "progress"), (resume, "resume"),
+                                                                    (keep_workdir, "keep_workdir")))
+    opts = _check_large_options(model, out, chunks, overlap, device, iterations, spacing, workdir, model.config.ndim)
+    try:
+        import zarr  # noqa: F401 - the stores of the work folder
+    except ImportError:  # pragma: no cover - part of the large extra
+        raise ImportError("rdcnet.large needs zarr: pip install 'rdcnet[large]'") from None
+    source, image_spacing = None, None
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
         from .ngff import open_image
 
+        source = image
         image, image_spacing, _ = open_image(image)
-    out_spacing = tuple(spacing) if spacing is not None else (image_spacing or tuple(model.config.spacing))
-    embeddings, mask = network_outputs(model, image, chunks=chunks, overlap=overlap, device=device,
-                                       iterations=iterations)
-    from pathlib import Path
+    else:
+        from ._checks import check_image
 
-    base = Path(out).parent if out is not None else None
-    tmp = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="rdcnet-", dir=base))
-    try:
-        z_emb = zarr.open_array(str(tmp / "embeddings.zarr"), mode="w", shape=embeddings.shape,
-                                chunks=embeddings.chunksize, dtype=np.float32, zarr_format=3)
-        z_mask = zarr.open_array(str(tmp / "foreground.zarr"), mode="w", shape=mask.shape,
-                                 chunks=mask.chunksize, dtype=bool, zarr_format=3)
-        with _TaskBar("network", progress):
-            da.store([embeddings, mask], [z_emb, z_mask], lock=False)
-        emb_s, mask_s = da.from_zarr(z_emb), da.from_zarr(z_mask)
-        with _TaskBar("votes and peaks", progress):
-            labels, centres = embeddings_to_labels(
-                emb_s, mask_s, float(postprocess.peak_window), spacing=tuple(model.config.spacing),
-                min_votes=int(postprocess.min_votes), smooth_radius=int(postprocess.smooth_radius),
-                max_distance=postprocess.max_distance, opening_radius=postprocess.opening_radius)
-        with _TaskBar("labels", progress):
-            if out is None:
-                return labels.compute(), centres
-            out = Path(out)
-            if out.suffix.lower() in (".tif", ".tiff"):
-                from .data import write_labels
+        check_image(image, "image")
+    if postprocess.tta:
+        import warnings
 
-                write_labels(out, labels.compute())
-            else:
-                from .ngff import write_ome_zarr_labels
+        warnings.warn("postprocess.tta: the chunked path runs the network once per block, without test-time "
+                      "augmentation", stacklevel=2)
+    out = Path(out) if out is not None else None
+    out_spacing = opts["spacing"] or image_spacing or tuple(model.config.spacing)
+    plan = _NetworkPlan(model, image, opts["chunks"], opts["overlap"])
+    temporary = opts["workdir"] is None and out is None
+    work = Path(tempfile.mkdtemp(prefix="rdcnet-")) if temporary else Path(opts["workdir"] or default_workdir(out))
+    lock_path = out.with_name(out.name + ".lock") if out is not None else work.with_name(work.name + ".lock")
+    finished_output = False
+    with OutputLock(lock_path, f"output {out if out is not None else work}"):
+        try:
+            identity = {"format": _WORK_FORMAT, "model": _model_digest(model), "input": _source_identity(source, image),
+                        "shape": list(plan.shape), "channel_axis": plan.channel_axis,
+                        "ranges": [None if r is None else [float(v) for v in r] for r in plan.ranges],
+                        "chunks": [list(c) for c in plan.chunks], "overlap": list(plan.overlap),
+                        "iterations": opts["iterations"], "foreground_threshold": postprocess.foreground_threshold,
+                        "precision": precision_name(resolve_precision(precision, resolve_device(opts["device"] or "auto")))}
+            state = _WorkDir(work, identity, resume and not temporary)
+            z_emb, z_mask = state.open(plan.shape, [c[0] for c in plan.chunks])
+            done = state.finished()
+            model_task = dask.delayed(model, pure=True, traverse=False)
+            tasks = []
+            for idx, core in plan.blocks:
+                name = state.marker_name(idx)
+                if name in done:
+                    continue
+                block, region = plan.read(core)
+                tasks.append(dask.delayed(_network_chunk_to_store, pure=False)(
+                    block, core, region, model_task, plan.ranges, plan.channel_axis, opts["device"],
+                    opts["iterations"], precision, postprocess.foreground_threshold, z_emb, z_mask,
+                    str(state.done_dir / name)))
+            if done and progress:
+                print(f"resuming: {len(done)} of {len(plan.blocks)} chunks of network outputs are already in {work}",
+                      file=sys.stderr)
+            with _TaskBar("network", progress):
+                dask.compute(*tasks)
+            emb_s, mask_s = da.from_zarr(z_emb), da.from_zarr(z_mask)
+            with _TaskBar("votes and peaks", progress):
+                labels, centres = embeddings_to_labels(
+                    emb_s, mask_s, float(postprocess.peak_window), spacing=tuple(model.config.spacing),
+                    min_votes=int(postprocess.min_votes), smooth_radius=int(postprocess.smooth_radius),
+                    max_distance=postprocess.max_distance, opening_radius=postprocess.opening_radius)
+            with _TaskBar("labels", progress):
+                if out is None:
+                    result = labels.compute(), centres
+                elif out.suffix.lower() in (".tif", ".tiff"):
+                    from .data import write_labels
 
-                write_ome_zarr_labels(out, labels, out_spacing)
-        return out, centres
-    finally:
-        if workdir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+                    write_labels(out, labels.compute())  # atomic: a temporary file renamed onto out
+                    result = out, centres
+                else:
+                    from .ngff import write_ome_zarr_labels
+
+                    staged = out.with_name(out.name + ".partial")
+                    if staged.exists():
+                        shutil.rmtree(staged)  # a killed run's unfinished labels
+                    write_ome_zarr_labels(staged, labels, out_spacing)
+                    _replace_output(staged, out)
+                    result = out, centres
+            finished_output = True
+            return result
+        finally:
+            # A finished run leaves only its output; an interrupted one keeps its work to resume
+            # (unless the folder was a temporary one, which nothing could resume from).
+            if temporary or (finished_output and not keep_workdir):
+                shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._checks import check_number
+
 __all__ = ["soft_jaccard_loss", "embedding_soft_jaccard_loss", "RDCNetLoss", "sigma_from_margin"]
 
 EPS = 1e-6
@@ -15,8 +17,7 @@ EPS = 1e-6
 
 def sigma_from_margin(margin: float) -> float:
     """Bandwidth σ of P(u=k) = exp(-d²/2σ²) such that P = 0.5 at distance ``margin``."""
-    if not margin > 0:
-        raise ValueError(f"margin: expected a positive distance, got {margin}")
+    margin = check_number(margin, "margin", positive=True)
     return margin / math.sqrt(2 * math.log(2))
 
 
@@ -94,7 +95,7 @@ class RDCNetLoss(torch.nn.Module):
 
     def __init__(self, margin: float):
         super().__init__()
-        sigma_from_margin(margin)
+        sigma_from_margin(margin)  # checks it
         self.margin = float(margin)
 
     def forward(self, output, labels: torch.Tensor) -> Tuple[torch.Tensor, dict]:

@@ -12,9 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ssdc import apply_ssdc, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
+from ._checks import check_bool, check_choice, check_int, check_number_in, check_per_axis
+from .ssdc import apply_ssdc, auto_ssdc_path, autocast_dtype, choose_ssdc_path, requested_path, ssdc_chain
 
-__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused"]
+__all__ = ["RDCNet", "RDCNetConfig", "RDCNetOutput", "SSDC", "ssdc_unfused", "pixel_coordinates"]
+
+
+def pixel_coordinates(spatial: Sequence[int], spacing: Sequence[float], origin=None, device=None) -> torch.Tensor:
+    """(ndim, *spatial) float32 physical positions of the pixels: (index + origin) × spacing
+    (the positions the embeddings add to the offsets)."""
+    ndim = len(spacing)
+    origin = (0,) * ndim if origin is None else tuple(origin)
+    if len(origin) != ndim:
+        raise ValueError(f"origin: expected {ndim} pixel offsets, got {origin}")
+    axes = [(torch.arange(n, device=device, dtype=torch.float32) + float(o)) * float(s)
+            for n, o, s in zip(spatial, origin, spacing)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
 class RDCNetOutput(NamedTuple):
@@ -25,17 +38,6 @@ class RDCNetOutput(NamedTuple):
     embeddings: torch.Tensor
     probabilities: torch.Tensor
     logits: torch.Tensor
-
-
-def _per_axis(value, ndim: int, name: str, kind=int) -> Tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value,) * ndim
-    value = tuple(kind(v) for v in value)
-    if len(value) != ndim:
-        raise ValueError(f"{name}: expected {ndim} values (one per spatial axis), got {len(value)}")
-    if any(v <= 0 for v in value):
-        raise ValueError(f"{name}: expected positive values, got {value}")
-    return value
 
 
 ssdc_unfused = ssdc_chain  # the older name of the "chain" path of rdcnet.ssdc
@@ -70,7 +72,12 @@ class SSDC(nn.Module):
             nn.init.uniform_(b, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def path_for(self, x: torch.Tensor) -> str:
-        """The path this module takes for input ``x`` (autocast included)."""
+        """The path this module takes for input ``x`` (autocast included; ``"auto"`` is measured at
+        the first call of each kind, :func:`rdcnet.ssdc.auto_ssdc_path`)."""
+        if self.path == "auto":
+            needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+            return auto_ssdc_path(x.device, autocast_dtype(x), self.groups, self.weight.shape[1], self.dilations,
+                                  x.shape[0], x.shape[2:], needs_grad, self.negative_slope, input_dtype=x.dtype)
         return choose_ssdc_path(self.path, x.device.type, autocast_dtype(x))
 
     def use_fused(self, x: torch.Tensor) -> bool:
@@ -152,22 +159,23 @@ class RDCNet(nn.Module):
                  spacing: Optional[Union[float, Sequence[float]]] = None, fused: Optional[bool] = None,
                  ssdc_path: Optional[str] = None):
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"ndim: expected 2 or 3, got {ndim}")
-        for name, v in (("in_channels", in_channels), ("n_classes", n_classes), ("groups", groups),
-                        ("channels_per_group", channels_per_group), ("iterations", iterations),
-                        ("downsampling_channels", downsampling_channels)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes: expected at least 2 (background and foreground), got {n_classes}")
-        dilations = tuple(int(d) for d in dilations)
-        if not dilations or any(d < 1 for d in dilations):
-            raise ValueError(f"dilations: expected one or more positive ints, got {dilations}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a rate in [0, 1), got {dropout}")
-        factor = _per_axis(factor, ndim, "factor")
-        spacing = _per_axis(1.0 if spacing is None else spacing, ndim, "spacing", float)
+        ndim = check_choice(check_int(ndim, "ndim"), "ndim", (2, 3))
+        in_channels, n_classes, groups, channels_per_group, iterations, downsampling_channels = (
+            check_int(v, name, minimum=low) for name, v, low in (
+                ("in_channels", in_channels, 1), ("n_classes", n_classes, 2), ("groups", groups, 1),
+                ("channels_per_group", channels_per_group, 1), ("iterations", iterations, 1),
+                ("downsampling_channels", downsampling_channels, 1)))
+        if isinstance(dilations, (str, bytes)) or not hasattr(dilations, "__iter__"):
+            raise TypeError(f"dilations: expected a sequence of positive integers, got {dilations!r}")
+        dilations = tuple(check_int(d, "dilations", minimum=1) for d in dilations)
+        if not dilations:
+            raise ValueError("dilations: expected one or more positive integers, got none")
+        dropout = check_number_in(dropout, "dropout", 0.0, 1.0, high_open=True)
+        negative_slope = check_number_in(negative_slope, "negative_slope", 0.0, 1.0)
+        factor = check_per_axis(factor, ndim, "factor", kind="int", minimum=1, maximum=4096)
+        spacing = check_per_axis(1.0 if spacing is None else spacing, ndim, "spacing", kind="spacing")
+        if fused is not None:
+            fused = check_bool(fused, "fused")
         self.config = RDCNetConfig(ndim, in_channels, n_classes, factor, downsampling_channels, groups,
                                    channels_per_group, dilations, iterations, float(dropout),
                                    float(negative_slope), spacing)
@@ -202,18 +210,28 @@ class RDCNet(nn.Module):
     def ssdc_path(self, path: str) -> None:
         self.block.ssdc.path = requested_path(path)
 
+    def ssdc_path_for(self, batch: int, spatial: Sequence[int], device=None, dtype: Optional[torch.dtype] = None,
+                      needs_grad: bool = False) -> str:
+        """The way this model computes its sSDC for images of ``spatial`` pixels in batches of
+        ``batch`` on ``device`` (default: its parameters') at compute ``dtype`` (default float32; the
+        autocast dtype under autocast), for training (``needs_grad``) or inference: its ``ssdc_path``,
+        or for ``"auto"`` the one measured fastest (timed now if this kind of call is new)."""
+        cfg = self.config
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        dtype = dtype or torch.float32
+        if self.ssdc_path != "auto":
+            return choose_ssdc_path(self.ssdc_path, device.type, dtype)
+        coarse = [-(-int(n) // f) for n, f in zip(spatial, cfg.factor)]  # the recurrent block's map
+        return auto_ssdc_path(device, dtype, cfg.groups, cfg.channels_per_group, cfg.dilations, batch, coarse,
+                              needs_grad, cfg.negative_slope, input_dtype=torch.float32)
+
     @property
     def ndim(self) -> int:
         return self.config.ndim
 
     def coordinates(self, spatial: Sequence[int], origin=None, device=None) -> torch.Tensor:
         """(ndim, *spatial) physical coordinates of the pixels: (index + origin) × spacing."""
-        origin = (0,) * self.ndim if origin is None else tuple(origin)
-        if len(origin) != self.ndim:
-            raise ValueError(f"origin: expected {self.ndim} pixel offsets, got {origin}")
-        axes = [(torch.arange(n, device=device, dtype=torch.float32) + float(o)) * float(s)
-                for n, o, s in zip(spatial, origin, self.config.spacing)]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+        return pixel_coordinates(spatial, self.config.spacing, origin, device)
 
     def _head(self, y: torch.Tensor, spatial: Sequence[int], coords: torch.Tensor) -> RDCNetOutput:
         out = self.up(F.leaky_relu(y, self.config.negative_slope))
@@ -242,9 +260,7 @@ class RDCNet(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if x.shape[1] != self.config.in_channels:
             raise ValueError(f"x: expected {self.config.in_channels} channels, got {x.shape[1]}")
-        n_iter = self.config.iterations if iterations is None else int(iterations)
-        if n_iter < 1:
-            raise ValueError(f"iterations: expected at least 1, got {iterations}")
+        n_iter = self.config.iterations if iterations is None else check_int(iterations, "iterations", minimum=1)
         spatial = tuple(x.shape[2:])
         pad = []
         for n, f in reversed(list(zip(spatial, self.config.factor))):

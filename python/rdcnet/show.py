@@ -157,7 +157,8 @@ def _votes_and_centres(out, spacing, postprocess):
     from .postprocess import foreground
 
     emb = out.embeddings.float().contiguous()
-    votes = ops.hough_votes(emb, foreground(out.probabilities).contiguous(), spacing=tuple(float(s) for s in spacing))
+    mask = foreground(out.probabilities, postprocess.foreground_threshold).contiguous()
+    votes = ops.hough_votes(emb, mask, spacing=tuple(float(s) for s in spacing))
     centres = ops.find_peaks(votes, float(postprocess.peak_window), min_votes=int(postprocess.min_votes),
                              spacing=tuple(float(s) for s in spacing), smooth_radius=int(postprocess.smooth_radius))
     return votes.numpy(), centres.numpy()

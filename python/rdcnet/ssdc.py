@@ -11,8 +11,12 @@ One result (DESIGN.md, "ssdc"), three ways to compute it:
   time ≈ the chain plus one more forward.
 - ``"fused"``: ``rdcnet_ext.ops.ssdc``, one kernel that never writes the activations to memory.
 
-``"auto"`` picks, per device type and dtype, the way measured fastest (:data:`MEASURED_FASTEST`);
-the memory-saving ways are asked for explicitly. Every way works under ``torch.autocast``: the
+``"auto"`` times the usable ways (the chain, and the fused kernel where this build has one for the
+device) at the first call of each kind -- device, dtype, ndim, groups, channels, dilations, batch,
+a bucket of the spatial size, forward or forward+backward -- and keeps the fastest, in memory and
+in a per-user cache file (:mod:`rdcnet.autotune`), like ``cudnn.benchmark``. ``RDCNET_SSDC_PATH``
+forces a way; with tuning off (``RDCNET_AUTOTUNE=0``), under ``torch.compile`` and TorchScript,
+the prior :data:`MEASURED_FASTEST` decides. ``"recompute"`` (memory) is asked for explicitly. Every way works under ``torch.autocast``: the
 framework convs autocast themselves; ``"recompute"`` and ``"fused"`` cast their inputs to the
 autocast dtype first, so each sees one dtype (the fused op computes in float32 where it has no
 kernel for that dtype, e.g. float16 on CPU).
@@ -21,13 +25,17 @@ kernel for that dtype, e.g. float16 on CPU).
 from __future__ import annotations
 
 import functools
+import math
+import os
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .autotune import Autotuner, tuning_enabled
+
 __all__ = ["SSDC_PATHS", "MEASURED_FASTEST", "choose_ssdc_path", "requested_path", "apply_ssdc", "ssdc_chain", "RecomputedSSDC",
-           "fused_ssdc_available"]
+           "fused_ssdc_available", "SSDC_TUNER", "tune_ssdc_path", "auto_ssdc_path"]
 
 SSDC_PATHS = ("chain", "recompute", "fused")
 
@@ -194,3 +202,94 @@ def requested_path(path: Optional[str], fused: Optional[bool] = None) -> str:
     if path != "auto" and path not in SSDC_PATHS:
         raise ValueError(f"ssdc_path: expected 'auto' or one of {', '.join(map(repr, SSDC_PATHS))}, got {path!r}")
     return path
+
+
+# ---- "auto": the fastest way for each kind of call, measured --------------------------------------
+
+SSDC_TUNER = Autotuner("ssdc-paths")
+
+
+def _bucket(n: int) -> int:
+    """Spatial sizes within a factor of about 1.4 share a measurement (the nearest power of two)."""
+    return 1 << max(0, round(math.log2(max(int(n), 1))))
+
+
+def _tuning_key(device: torch.device, dtype: torch.dtype, groups: int, channels: int, dilations, batch: int,
+                spatial, needs_grad: bool) -> str:
+    return (f"{device.type} {str(dtype).replace('torch.', '')} {len(spatial)}d g{groups} c{channels} "
+            f"d{','.join(map(str, dilations))} b{batch} s{'x'.join(str(_bucket(n)) for n in spatial)} "
+            f"{'fwd+bwd' if needs_grad else 'fwd'}")
+
+
+def tune_ssdc_path(device, dtype: torch.dtype, groups: int, channels: int, dilations: Sequence[int], batch: int,
+                   spatial: Sequence[int], needs_grad: bool, negative_slope: float = 0.3,
+                   input_dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """The fastest usable way for an sSDC call of this kind, measured on random tensors of its
+    shape the first time (see the module's documentation); None when tuning is off.
+
+    ``dtype`` is the compute dtype; ``input_dtype`` that of the input tensor when it differs (a
+    float32 input under bfloat16 autocast: the candidates then run under the same autocast)."""
+    device = torch.device(device)
+    candidates_available = ["chain"] + (["fused"] if fused_ssdc_available(device.type) else [])
+    key = _tuning_key(device, dtype, groups, channels, dilations, batch, spatial, needs_grad)
+    from .machine import machine_key
+
+    machine = machine_key(device.type)
+    if len(candidates_available) == 1:
+        return candidates_available[0]
+    known = SSDC_TUNER.cached(key, machine)
+    if known in candidates_available or not tuning_enabled():
+        return known
+    input_dtype = input_dtype or dtype
+    gen = torch.Generator(device="cpu").manual_seed(0)  # no draw from the global generators: runs stay seeded
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=input_dtype)
+
+    ndim = len(spatial)
+    width, taps = groups * channels, 3 ** ndim
+    x = rand(batch, width, *spatial)
+    params = [rand(width, channels, *(3,) * ndim, scale=1 / math.sqrt(channels * taps)), rand(width, scale=0.1),
+              rand(width, len(dilations) * channels, *(1,) * ndim, scale=1 / math.sqrt(len(dilations) * channels)),
+              rand(width, scale=0.1)]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != input_dtype)
+
+    def runner(path):
+        def run():
+            with autocast:
+                if not needs_grad:
+                    with torch.no_grad():
+                        apply_ssdc(x, *params, dilations, groups, negative_slope, path)
+                    return
+                with torch.enable_grad():
+                    leaves = [t.detach().requires_grad_() for t in (x, *params)]
+                    y = apply_ssdc(*leaves, dilations, groups, negative_slope, path)
+                y.float().sum().backward()
+        return run
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return SSDC_TUNER.choose(key, machine, {p: runner(p) for p in candidates_available}, synchronize=sync)
+
+
+def _tracing() -> bool:
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool((compiling is not None and compiling()) or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def auto_ssdc_path(device, dtype: torch.dtype, groups: int, channels: int, dilations: Sequence[int], batch: int,
+                   spatial: Sequence[int], needs_grad: bool, negative_slope: float = 0.3,
+                   input_dtype: Optional[torch.dtype] = None) -> str:
+    """The way ``"auto"`` computes an sSDC call of this kind (arguments as :func:`tune_ssdc_path`):
+    ``RDCNET_SSDC_PATH`` when set, else the measured fastest, else the prior."""
+    device = torch.device(device)
+    forced = os.environ.get("RDCNET_SSDC_PATH")
+    if forced:
+        if forced not in SSDC_PATHS:
+            raise ValueError(f"RDCNET_SSDC_PATH: expected one of {', '.join(map(repr, SSDC_PATHS))}, got {forced!r}")
+        return choose_ssdc_path(forced, device.type, dtype)
+    prior = choose_ssdc_path("auto", device.type, dtype)
+    if _tracing():
+        return prior
+    tuned = tune_ssdc_path(device, dtype, groups, channels, dilations, batch, spatial, needs_grad, negative_slope,
+                           input_dtype)
+    return tuned or prior

@@ -100,7 +100,7 @@ def run_sweep(experiment_config, dilation_sets: Optional[Sequence[Sequence[int]]
     :class:`SweepResult` whose ``files`` lists what was written.
     """
     from .config import ExperimentConfig, load_config
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     cfg = experiment_config if isinstance(experiment_config, ExperimentConfig) else load_config(experiment_config)
     sw = cfg.sweep

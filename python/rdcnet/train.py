@@ -4,6 +4,7 @@ and a PNG plot of the curves."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -12,23 +13,26 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ._checks import check_int, check_number, resolve_device
-from ._files import atomic_write, remove_stale_temporaries
+from ._checks import (check_bool, check_image, check_int, check_number, check_path, check_per_axis,
+                      resolve_device)
+from ._files import OutputLock, atomic_write, remove_stale_temporaries
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .distributed import Context, state_for
 from .losses import RDCNetLoss
 from .model import RDCNet, RDCNetConfig
 from .postprocess import PostprocessConfig, labels_from_output
 from .predict import channel_axis_of, predict_output
+from .ssdc import SSDC_PATHS
 
+# load_checkpoint and save_checkpoint live in rdcnet.checkpoint (the one owner of model files); they
+# stay importable from here for code written against earlier versions.
 __all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_checkpoint", "ResumeError",
            "NonFiniteLossError", "resume_differences", "resume_state", "check_crop", "check_finite_pixels"]
-
-CHECKPOINT_VERSION = 1
 
 #: Settings that may change when a run is resumed. ``epochs``: the cosine schedule is re-planned
 #: from the learning rate reached so far down to ``lr_min`` over the new remaining steps (so the
@@ -94,8 +98,9 @@ class TrainConfig:
     amp: Optional[str] = None
 
     def __post_init__(self):
+        self.out_dir = str(check_path(self.out_dir, "out_dir"))
         self.margin = check_number(self.margin, "margin", positive=True)
-        self.crop = tuple(check_int(c, "crop", minimum=1) for c in self.crop)
+        self.crop = check_per_axis(self.crop, None, "crop", kind="int", minimum=1)
         self.epochs = check_int(self.epochs, "epochs", minimum=0)
         self.steps_per_epoch = check_int(self.steps_per_epoch, "steps_per_epoch", minimum=1)
         self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
@@ -104,8 +109,13 @@ class TrainConfig:
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min: expected at most lr ({self.lr:g}), got {self.lr_min:g}")
         self.seed = check_int(self.seed, "seed", minimum=0, maximum=2**63 - 1)
-        if self.amp is not None and self.amp not in AMP_DTYPES:
+        if self.amp is not None and (not isinstance(self.amp, str) or self.amp not in AMP_DTYPES):
             raise ValueError(f"amp: expected None or one of {', '.join(map(repr, AMP_DTYPES))}, got {self.amp!r}")
+        if not isinstance(self.device, str):
+            self.device = str(resolve_device(self.device, "device"))  # stored as text; availability: train()
+        self.tune_postprocess = check_bool(self.tune_postprocess, "tune_postprocess")
+        self.mask_nonfinite = check_bool(self.mask_nonfinite, "mask_nonfinite")
+        make_augmenter(self.augment, len(self.crop) if len(self.crop) > 1 else 2)  # a bad augment fails here
         if isinstance(self.postprocess, dict):
             self.postprocess = PostprocessConfig(**self.postprocess)
         if not isinstance(self.postprocess, PostprocessConfig):
@@ -130,37 +140,6 @@ class TrainResult:
     last_checkpoint: Path
     history: List[dict]
     best_f1: float
-
-
-def save_checkpoint(path, model: RDCNet, train_config: Optional[TrainConfig] = None, **state) -> None:
-    """Atomically save the model's weights with everything needed to rebuild and use it."""
-    payload = {
-        "version": CHECKPOINT_VERSION,
-        "model_config": model.config.to_dict(),
-        "train_config": train_config.to_dict() if train_config is not None else None,
-        "postprocess": (train_config.postprocess if train_config else PostprocessConfig()).to_dict(),
-        "state_dict": model.state_dict(),
-        **state,
-    }
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
-
-
-def load_checkpoint(path, device="cpu", fused: Optional[bool] = None, ssdc_path: Optional[str] = None):
-    """Rebuild a model from a checkpoint. Returns (model in eval mode, PostprocessConfig, raw dict).
-    ``ssdc_path`` (or the older ``fused``) chooses how the model computes its sSDC (:mod:`rdcnet.ssdc`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # truncated or foreign files
-        raise ValueError(f"checkpoint: {path} is not an rdcnet checkpoint ({exc})") from None
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"checkpoint: {path} is not an rdcnet checkpoint (no model_config/state_dict)")
-    model = RDCNet.from_config(ckpt["model_config"], fused=fused, ssdc_path=ssdc_path).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, PostprocessConfig(**ckpt.get("postprocess", {})), ckpt
 
 
 def make_augmenter(augment: Union[str, dict], ndim: int):
@@ -202,14 +181,20 @@ class _Sampler:
         return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def check_crop(crop, factor, name: str = "crop") -> tuple:
-    """A training crop must span at least one down-sampling step per axis."""
-    crop = tuple(int(c) for c in crop)
-    if len(crop) != len(factor):
-        raise ValueError(f"{name}: expected {len(factor)} sizes, got {len(crop)}")
+def check_crop(crop, factor, name: str = "crop", image_shapes=None) -> tuple:
+    """A training crop spans at least one down-sampling step per axis (one size serves every axis)
+    and, given the training images' spatial shapes, is no larger than the largest image along any
+    axis (a larger crop would only pad: memory and time for nothing)."""
+    crop = check_per_axis(crop, len(factor), name, kind="int", minimum=1)
     if any(c < f for c, f in zip(crop, factor)):
         raise ValueError(f"{name}: expected at least the down-sampling factor ({','.join(map(str, factor))}) "
                          f"per axis, got {','.join(map(str, crop))}")
+    if image_shapes:
+        largest = tuple(max(s[a] for s in image_shapes) for a in range(len(crop)))
+        if any(c > n for c, n in zip(crop, largest)):
+            fitted = ",".join(str(max(f, min(c, n))) for c, n, f in zip(crop, largest, factor))
+            raise ValueError(f"{name}: {','.join(map(str, crop))} is larger than the largest training image "
+                             f"({'x'.join(map(str, largest))}); use at most {fitted}")
     return crop
 
 
@@ -226,13 +211,19 @@ def check_finite_pixels(image, name: str, option: str = "mask_nonfinite=True") -
 def _prepare(pairs, model: RDCNet, name: str, mask_nonfinite: bool = False):
     from .data import nonfinite_pixels, normalize_image
 
+    if isinstance(pairs, (np.ndarray, str, bytes, dict)) or not hasattr(pairs, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of (image, labels) pairs, got {type(pairs).__name__}")
     images, labels = [], []
     for i, pair in enumerate(pairs):
-        try:
-            image, lab = pair
-        except (TypeError, ValueError):
-            raise TypeError(f"{name}: expected (image, labels) pairs, item {i} is {type(pair).__name__}") from None
-        image, lab = np.asarray(image), np.asarray(lab)
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"{name}: expected (image, labels) pairs, item {i} is "
+                            f"{type(pair).__name__}{f' of length {len(pair)}' if hasattr(pair, '__len__') else ''}")
+        check_image(pair[0], f"{name}[{i}] image")
+        check_image(pair[1], f"{name}[{i}] labels")
+        image, lab = np.asarray(pair[0]), np.asarray(pair[1])
+        if lab.dtype.kind == "f" and not (np.isfinite(lab).all() and (lab == np.round(lab)).all()):
+            raise ValueError(f"{name}[{i}] labels: expected whole numbers (instance ids; < 0 undefined), got "
+                             "fractional or non-finite values")
         if not mask_nonfinite:
             check_finite_pixels(image, f"{name}[{i}]")
         try:
@@ -269,8 +260,8 @@ def _mean_f1(model: RDCNet, outputs, labels, postprocess: PostprocessConfig) -> 
 
 def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
     outputs, losses = [], []
-    for x, y in zip(images, labels):
-        out = predict_output(model, torch.from_numpy(x), device=device)
+    for x, y in zip(images, labels):  # float32 on every machine: the F1 that picks best.pt does not vary
+        out = predict_output(model, torch.from_numpy(x), device=device, precision="fp32")
         yt = torch.from_numpy(y).to(device)[None]
         batched = type(out)(out.embeddings[None], out.probabilities[None], out.logits[None])
         losses.append(float(loss_fn(batched, yt)[0]))
@@ -278,28 +269,101 @@ def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
     return {"val_loss": float(np.mean(losses)), "val_f1": _mean_f1(model, outputs, labels, postprocess)}
 
 
+def _grid_scores(outputs, labels, spacing, base: PostprocessConfig, thresholds, windows, votes, radii) -> np.ndarray:
+    """Mean F1@0.5 over the images of every decoding in the grid thresholds × windows × votes ×
+    radii, as an array of that shape. The stages are shared: one vote map per threshold, one
+    assignment per set of centres, one opening per radius; the result of each equals
+    :func:`labels_from_output` with those parameters (ops.embeddings_to_labels is these four ops)."""
+    from rdcnet_ext import ops
+
+    from .metrics import precision_recall_f1
+    from .postprocess import foreground
+
+    spacing = tuple(float(s) for s in spacing)
+    f1 = np.zeros((len(thresholds), len(windows), len(votes), len(radii)))
+    for out, truth in zip(outputs, labels):
+        emb = out.embeddings.detach().float().contiguous()
+        for ti, t in enumerate(thresholds):
+            mask = foreground(out.probabilities, t).contiguous()
+            vote_map = ops.hough_votes(emb, mask, spacing)
+            for wi, w in enumerate(windows):
+                previous, scores = None, None
+                for vi, v in enumerate(votes):  # a higher min_votes keeps a subset of the centres
+                    centres = ops.find_peaks(vote_map, float(w), int(v), spacing, int(base.smooth_radius))
+                    if previous is None or not torch.equal(centres, previous):
+                        assigned = ops.assign_to_centres(emb, mask, centres, spacing, base.max_distance)
+                        scores = []
+                        for r in radii:
+                            lab = assigned if r is None else ops.label_opening(assigned, float(r), spacing)
+                            scores.append(precision_recall_f1(truth, lab.cpu().numpy(), [0.5]).f1[0])
+                    previous = centres
+                    f1[ti, wi, vi] += scores
+    return f1 / max(len(outputs), 1)
+
+
+def _first_unique(values) -> list:
+    """``values`` without repeats, in order (the first is the starting value: ties keep it)."""
+    out = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
 def tune_postprocess(model: RDCNet, images, labels, postprocess: PostprocessConfig, device="cpu",
-                     window_factors: Sequence[float] = (0.5, 0.75, 1.0, 1.25)) -> Tuple[PostprocessConfig, float, float]:
-    """Pick the peak window (``min_distance`` as a multiple of the margin) and ``min_votes`` that
-    maximise the mean F1@0.5 on validation images, as the paper suggests ("we find it beneficial to
-    fine tune the window size on the validation set"). The network runs once per image; only the
-    decoding is repeated. ``images`` are normalised (C, *S) arrays. Returns (best config, its F1,
-    the F1 of ``postprocess``); ties keep ``postprocess``."""
-    outputs = [predict_output(model, torch.from_numpy(x), device=device) for x in images]
-
-    def score(cfg: PostprocessConfig) -> float:
-        return _mean_f1(model, outputs, labels, cfg)
-
-    base = score(postprocess)
+                     window_factors: Sequence[float] = (0.5, 0.75, 1.0, 1.25),
+                     thresholds: Optional[Sequence[Optional[float]]] = None,
+                     opening_radii: Optional[Sequence[Optional[float]]] = None, tta: Optional[bool] = None,
+                     details: Optional[dict] = None) -> Tuple[PostprocessConfig, float, float]:
+    """Choose the decoding that maximises the mean F1@0.5 on validation images, as the paper
+    suggests for the window ("we find it beneficial to fine tune the window size on the
+    validation set"): the peak window (``min_distance`` as a multiple of the margin), ``min_votes``
+    (½, 1, 2, 4 × the current), the foreground threshold (``thresholds``, default argmax and
+    0.3 … 0.7), the opening radius (``opening_radii``, default none, 1 and 2 pixels of the finest
+    axis) and test-time augmentation (``tta``: None tries both and keeps TTA only if it scores
+    higher; True/False fixes it). The network runs once per image (4-8 times with TTA); the grid
+    of decodings reuses vote maps and assignments (:func:`_grid_scores`). ``images`` are
+    normalised (C, *S) arrays. Returns (best config, its F1, the F1 of ``postprocess``); ties keep
+    the current values. ``details``, when given, receives the grid size, the F1 with and without
+    TTA and the seconds spent running the network and decoding."""
+    spacing = tuple(float(s) for s in model.config.spacing)
+    windows = _first_unique([postprocess.peak_window] + [f * postprocess.margin for f in window_factors])
+    v0 = postprocess.min_votes
+    votes = _first_unique([v0, max(1, v0 // 2), v0 * 2, v0 * 4])
+    if thresholds is None:
+        thresholds = (None, 0.3, 0.4, 0.6, 0.7) + ((0.5,) if model.config.n_classes > 2 else ())
+    thresholds = _first_unique([postprocess.foreground_threshold] + list(thresholds))
+    if opening_radii is None:
+        opening_radii = (None, min(spacing), 2 * min(spacing))
+    radii = _first_unique([postprocess.opening_radius] + list(opening_radii))
+    modes = _first_unique([postprocess.tta] + ([False, True] if tta is None else [bool(tta)]))
+    seconds = {"network": 0.0, "decoding": 0.0}
+    grids = {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        outputs = [predict_output(model, torch.from_numpy(x), device=device, tta=mode, precision="fp32")
+                   for x in images]
+        t1 = time.perf_counter()
+        grids[mode] = _grid_scores(outputs, labels, spacing, postprocess, thresholds, windows, votes, radii)
+        seconds["network"] += t1 - t0
+        seconds["decoding"] += time.perf_counter() - t1
+    base = float(grids[postprocess.tta][0, 0, 0, 0])
     best, best_f1 = postprocess, base
-    votes = sorted({max(1, postprocess.min_votes // 2), postprocess.min_votes, postprocess.min_votes * 2,
-                    postprocess.min_votes * 4})
-    for factor in window_factors:
-        for v in votes:
-            cand = dataclasses.replace(postprocess, min_distance=factor * postprocess.margin, min_votes=v)
-            f1 = score(cand)
-            if f1 > best_f1 + 1e-9:
-                best, best_f1 = cand, f1
+    allowed = modes if tta is None else [bool(tta)]
+    for mode in allowed:
+        grid = grids[mode]
+        index = np.unravel_index(int(np.argmax(grid)), grid.shape)  # the first maximum: nearest the start
+        if grid[index] > best_f1 + 1e-9 or (mode != best.tta and tta is not None):
+            t, w, v, r = index
+            window = postprocess.min_distance if w == 0 else windows[w]  # (None stays None: the margin)
+            best = dataclasses.replace(postprocess, foreground_threshold=thresholds[t], min_distance=window,
+                                       min_votes=votes[v], opening_radius=radii[r], tta=mode)
+            best_f1 = float(grid[index])
+    if details is not None:
+        details.update(decodings=int(sum(g.size for g in grids.values())) * len(images),
+                       f1_without_tta=float(grids[False].max()) if False in grids else None,
+                       f1_with_tta=float(grids[True].max()) if True in grids else None,
+                       network_seconds=seconds["network"], decoding_seconds=seconds["decoding"])
     return best, best_f1, base
 
 
@@ -320,8 +384,10 @@ def _write_log(out_dir: Path, history: List[dict]) -> None:
     atomic_write(out_dir / "training.png", lambda tmp: plot_training(history, tmp))
 
 
+# The lock file of a run folder while a run writes it (rdcnet._files.OutputLock).
+RUN_LOCK = "run.lock"
 # What a run folder holds (and so which stray temporaries of atomic_write may be cleaned).
-_RUN_FILES = ("last.pt", "best.pt", "log.csv", "training.png", "splits.json", "config.json")
+_RUN_FILES = ("last.pt", "best.pt", "log.csv", "training.png", "splits.json", "config.json", "plan.json")
 _RESUME_KEYS = ("model_config", "state_dict", "optimizer", "scheduler", "numpy_rng", "torch_rng", "history",
                 "best_f1", "epoch")
 
@@ -376,17 +442,24 @@ def resume_state(config: TrainConfig, model: RDCNet) -> Optional[dict]:
 
 def _read_resume_state(path: Path, model: RDCNet, config: TrainConfig) -> dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated, empty or foreign files fail in many ways
-        first = (str(exc).strip().splitlines() or [""])[0][:120]
-        raise ResumeError(path, f"the file is damaged or not a checkpoint ({type(exc).__name__}: {first})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _RESUME_KEYS):
-        raise ResumeError(path, "it is not a resumable rdcnet checkpoint (one that train writes as last.pt)")
+        ckpt = read_checkpoint(path, map_location="cpu", required=_RESUME_KEYS, what="resumable checkpoint")
+    except CheckpointError as exc:  # truncated, empty, foreign or code-carrying files
+        raise ResumeError(path, f"it is {exc.reason}") from None
     diffs = resume_differences(ckpt.get("train_config") or {}, config, ckpt["model_config"], model.config)
     if diffs:
         listed = "; ".join(f"{k} was {old!r}, now {new!r}" for k, old, new in diffs)
         raise ResumeError(path, f"it was written with other settings ({listed})", diffs)
     return ckpt
+
+
+@contextlib.contextmanager
+def _keeping_ssdc_path(model: RDCNet):
+    """The model's requested sSDC path is the caller's again when training ends (train() fixes it)."""
+    requested = model.ssdc_path
+    try:
+        yield
+    finally:
+        model.ssdc_path = requested
 
 
 def _replan_schedule(optimizer, config: TrainConfig, remaining_steps: int):
@@ -410,18 +483,24 @@ def _tune_best(best_path: Path, val_images, val_labels, config: TrainConfig, dev
     best_model, _, ckpt = load_checkpoint(best_path, device=device)
     if "postprocess_tuning" in ckpt:
         return
-    tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device)
+    details = {}
+    tuned, tuned_f1, base_f1 = tune_postprocess(best_model, val_images, val_labels, config.postprocess, device,
+                                                details=details)
     if progress:
-        print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window "
-              f"{tuned.peak_window:g} and min_votes "
-              f"{tuned.min_votes} (saved in {best_path.name})", file=sys.stderr)
+        threshold = tuned.foreground_threshold
+        print(f"validation F1@0.5 {base_f1:.3f} -> {tuned_f1:.3f} with peak window {tuned.peak_window:g}, "
+              f"min_votes {tuned.min_votes}, foreground {'argmax' if threshold is None else f'> {threshold:g}'}, "
+              f"opening {tuned.opening_radius or 0:g}, TTA {'on' if tuned.tta else 'off'} "
+              f"({details['decodings']} decodings in {details['decoding_seconds']:.1f} s, network "
+              f"{details['network_seconds']:.1f} s; saved in {best_path.name})", file=sys.stderr)
     extra = {k: ckpt[k] for k in ("epoch", "history", "best_f1", "best_val_loss", "selected_by") if k in ckpt}
     save_checkpoint(best_path, best_model, dataclasses.replace(config, postprocess=tuned), **extra,
-                    postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1})
+                    postprocess_tuning={"f1": tuned_f1, "f1_before": base_f1, **details})
 
 
 def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_data: Sequence,
-          config: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True) -> TrainResult:
+          config: TrainConfig = TrainConfig(), resume: bool = True, progress: bool = True,
+          callback: Optional[Callable[[dict], None]] = None) -> TrainResult:
     """Train an RDCNet on (image, labels) pairs.
 
     Args:
@@ -435,6 +514,10 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             re-plans the cosine from the current learning rate); any other difference, or an
             unreadable ``last.pt``, raises :class:`ResumeError`.
         progress: show progress bars.
+        callback: called after every training step with a dict: ``epoch`` and ``epochs`` (1-based,
+            this run's), ``step`` and ``steps`` (counted over the whole run), ``loss`` and
+            ``eta_seconds`` (the remaining training steps at this run's pace so far; validation and
+            tuning come on top). An exception it raises stops training (finished epochs are kept).
 
     Every epoch writes ``last.pt`` (atomically) and, when the validation F1 at IoU 0.5 improves,
     ``best.pt`` (by the validation loss instead, with a warning, when the validation labels hold
@@ -444,135 +527,162 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    resume, progress = check_bool(resume, "resume"), check_bool(progress, "progress")
     device = resolve_device(config.device, "device")
     torch.manual_seed(config.seed)
-    if not isinstance(model, RDCNet):
+    if isinstance(model, (dict, RDCNetConfig)):
         model = RDCNet.from_config(model)
+    elif not isinstance(model, RDCNet):
+        raise TypeError(f"model: expected an RDCNet, an RDCNetConfig or a dict, got {type(model).__name__}")
     check_crop(config.crop, model.config.factor)
     ctx = Context.from_env(device)  # torchrun: one rank of a DistributedDataParallel job
     device = ctx.device(device)
     progress = progress and ctx.is_main
     if config.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp: 'fp16' needs a CUDA device (got {device}); use 'bf16' on the CPU")
-    model.to(device)
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temporaries(out_dir, _RUN_FILES) if ctx.is_main else []  # rank 0 is the only writer
-    if stale and progress:
-        print(f"removed {len(stale)} temporary file(s) of an interrupted write in {out_dir}", file=sys.stderr)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    ckpt = resume_state(config, model) if resume else None
+    # The data is checked before anything is written: a mistake leaves no run folder behind.
     train_images, train_labels = _prepare(train_data, model, "train_data", config.mask_nonfinite)
     val_images, val_labels = _prepare(val_data, model, "val_data", config.mask_nonfinite)
-    select_by = "val_f1" if any(bool((y > 0).any()) for y in val_labels) else "val_loss"
-    if select_by == "val_loss":
-        warnings.warn("val_data: the validation labels hold no instances (all background or undefined), so "
-                      "F1 says nothing: best.pt is chosen by the lowest validation loss and the decoding is not "
-                      "tuned", stacklevel=2)
+    crop = check_crop(config.crop, model.config.factor, image_shapes=[y.shape for y in train_labels])
+    config = dataclasses.replace(config, crop=crop)  # one size per axis, as a resumed run stored it
+    model.to(device)
+    out_dir = Path(config.out_dir)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    ckpt = resume_state(config, model) if resume else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One run per folder: a second train() on it (another process, a second click) is refused.
+    lock = OutputLock(out_dir / RUN_LOCK, f"run folder {out_dir}") if ctx.is_main else contextlib.nullcontext()
+    requested_ssdc = model.ssdc_path
+    with lock, _keeping_ssdc_path(model):
+        stale = remove_stale_temporaries(out_dir, _RUN_FILES) if ctx.is_main else []  # rank 0 is the only writer
+        if stale and progress:
+            print(f"removed {len(stale)} temporary file(s) of an interrupted write in {out_dir}", file=sys.stderr)
+        select_by = "val_f1" if any(bool((y > 0).any()) for y in val_labels) else "val_loss"
+        if select_by == "val_loss":
+            warnings.warn("val_data: the validation labels hold no instances (all background or undefined), so "
+                          "F1 says nothing: best.pt is chosen by the lowest validation loss and the decoding is not "
+                          "tuned", stacklevel=2)
 
-    loss_fn = RDCNetLoss(config.margin)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    total_steps = config.epochs * config.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=config.lr_min)
-    rng = np.random.default_rng(ctx.seed(config.seed))
-    if ctx.active:
-        torch.manual_seed(ctx.seed(config.seed))  # distinct dropout per rank; weights come from rank 0
-    history: List[dict] = []
-    best_f1, best_loss, start_epoch = -1.0, math.inf, 0
+        loss_fn = RDCNetLoss(config.margin)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        total_steps = config.epochs * config.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=config.lr_min)
+        rng = np.random.default_rng(ctx.seed(config.seed))
+        if ctx.active:
+            torch.manual_seed(ctx.seed(config.seed))  # distinct dropout per rank; weights come from rank 0
+        history: List[dict] = []
+        best_f1, best_loss, start_epoch = -1.0, math.inf, 0
 
-    if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ctx.active and ckpt.get("numpy_rng_ranks") and len(ckpt["numpy_rng_ranks"]) == ctx.world:
-            rng.bit_generator.state = ckpt["numpy_rng_ranks"][ctx.rank]
-            torch.set_rng_state(ckpt["torch_rng_ranks"][ctx.rank])
-        history, best_f1, start_epoch = ckpt["history"], ckpt["best_f1"], ckpt["epoch"] + 1
-        best_loss = ckpt.get("best_val_loss", math.inf)
-        saved_epochs = (ckpt.get("train_config") or {}).get("epochs", config.epochs)
-        if saved_epochs != config.epochs and start_epoch < config.epochs:
-            scheduler = _replan_schedule(optimizer, config, (config.epochs - start_epoch) * config.steps_per_epoch)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            rng.bit_generator.state = ckpt["numpy_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            if ctx.active and ckpt.get("numpy_rng_ranks") and len(ckpt["numpy_rng_ranks"]) == ctx.world:
+                rng.bit_generator.state = ckpt["numpy_rng_ranks"][ctx.rank]
+                torch.set_rng_state(ckpt["torch_rng_ranks"][ctx.rank])
+            history, best_f1, start_epoch = ckpt["history"], ckpt["best_f1"], ckpt["epoch"] + 1
+            best_loss = ckpt.get("best_val_loss", math.inf)
+            saved_epochs = (ckpt.get("train_config") or {}).get("epochs", config.epochs)
+            if saved_epochs != config.epochs and start_epoch < config.epochs:
+                scheduler = _replan_schedule(optimizer, config, (config.epochs - start_epoch) * config.steps_per_epoch)
+                if progress:
+                    print(f"epochs changed from {saved_epochs} to {config.epochs}: the learning rate anneals from "
+                          f"{optimizer.param_groups[0]['lr']:.3g} to {config.lr_min:.3g} over the remaining "
+                          f"{config.epochs - start_epoch} epoch(s)", file=sys.stderr)
             if progress:
-                print(f"epochs changed from {saved_epochs} to {config.epochs}: the learning rate anneals from "
-                      f"{optimizer.param_groups[0]['lr']:.3g} to {config.lr_min:.3g} over the remaining "
-                      f"{config.epochs - start_epoch} epoch(s)", file=sys.stderr)
-        if progress:
-            print(f"resuming from {last_path} after epoch {start_epoch} (best F1@0.5 {best_f1:.3f})", file=sys.stderr)
+                print(f"resuming from {last_path} after epoch {start_epoch} (best F1@0.5 {best_f1:.3f})", file=sys.stderr)
 
-    sampler = _Sampler(train_images, train_labels, config.crop, config.augment, model.config.ndim, rng)
-    net = ctx.wrap(model)  # DDP averages the gradients of all ranks
-    amp_dtype = AMP_DTYPES.get(config.amp)
-    # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
-        scaler.load_state_dict(ckpt["grad_scaler"])
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
-        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not progress, unit="step", mininterval=1.0)
-        for step in bar:
-            x, y = sampler.batch(config.batch_size)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                output = net(x.to(device))
-            loss, parts = loss_fn(output, y.to(device))  # float32 outputs (the model's head), float32 loss
-            value = float(loss.detach())
-            if ctx.any_rank(not math.isfinite(value)):  # every rank stops together (no one waits in DDP)
-                kept = (f"{last_path.name} and {best_path.name} keep epoch {epoch}" if epoch > 0
-                        else "no checkpoint was written")
-                raise NonFiniteLossError(
-                    f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (learning "
-                    f"rate {scheduler.get_last_lr()[0]:.3g}); {kept}; lower the learning rate or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)  # (skipped by the fp16 scaler when the gradients overflowed)
-            scaler.update()
-            scheduler.step()
-            sums["loss"] += value
-            sums["class"] += parts["class"]
-            sums["embedding"] += parts["embedding"]
-            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
-        _check_finite_weights(model, epoch)
-        n = max(config.steps_per_epoch, 1)
-        row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,
-               "train_embedding_loss": sums["embedding"] / n}
-        ranks_state = state_for(ctx, rng.bit_generator.state, torch.get_rng_state())
-        if not ctx.is_main:  # rank 0 validates and writes; the others wait for the checkpoints
+        sampler = _Sampler(train_images, train_labels, config.crop, config.augment, model.config.ndim, rng)
+        net = ctx.wrap(model)  # DDP averages the gradients of all ranks
+        amp_dtype = AMP_DTYPES.get(config.amp)
+        # The way the sSDC is computed is fixed for the whole run and kept on resume ("auto": the
+        # fastest measured for this run's batches), so that the same command and seed give the same
+        # weights, bit for bit, however the machine's timings vary.
+        if requested_ssdc == "auto":
+            saved = (ckpt or {}).get("ssdc_path")
+            model.ssdc_path = saved if saved in SSDC_PATHS else model.ssdc_path_for(
+                config.batch_size, config.crop, device, amp_dtype, needs_grad=True)
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+        scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["grad_scaler"])
+        run_start = time.perf_counter()  # the pace of this run, for the callback's ETA
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
+            bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                       disable=not progress, unit="step", mininterval=1.0)
+            for step in bar:
+                x, y = sampler.batch(config.batch_size)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    output = net(x.to(device))
+                loss, parts = loss_fn(output, y.to(device))  # float32 outputs (the model's head), float32 loss
+                value = float(loss.detach())
+                if ctx.any_rank(not math.isfinite(value)):  # every rank stops together (no one waits in DDP)
+                    kept = (f"{last_path.name} and {best_path.name} keep epoch {epoch}" if epoch > 0
+                            else "no checkpoint was written")
+                    raise NonFiniteLossError(
+                        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (learning "
+                        f"rate {scheduler.get_last_lr()[0]:.3g}); {kept}; lower the learning rate or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)  # (skipped by the fp16 scaler when the gradients overflowed)
+                scaler.update()
+                scheduler.step()
+                sums["loss"] += value
+                sums["class"] += parts["class"]
+                sums["embedding"] += parts["embedding"]
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                if callback is not None:
+                    done = (epoch - start_epoch) * config.steps_per_epoch + step + 1
+                    remaining = (config.epochs - epoch) * config.steps_per_epoch - step - 1
+                    callback({"epoch": epoch + 1, "epochs": config.epochs,
+                              "step": epoch * config.steps_per_epoch + step + 1,
+                              "steps": config.epochs * config.steps_per_epoch, "loss": value,
+                              "eta_seconds": (time.perf_counter() - run_start) / done * remaining})
+            _check_finite_weights(model, epoch)
+            n = max(config.steps_per_epoch, 1)
+            row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,
+                   "train_embedding_loss": sums["embedding"] / n}
+            ranks_state = state_for(ctx, rng.bit_generator.state, torch.get_rng_state())
+            if not ctx.is_main:  # rank 0 validates and writes; the others wait for the checkpoints
+                ctx.barrier()
+                continue
+            row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device))
+            row["lr"] = scheduler.get_last_lr()[0]
+            # No wall time in the history: the same command and seed give the same log.csv.
+            seconds = time.perf_counter() - t0
+            history.append(row)
+            if select_by == "val_f1":
+                improved = row["val_f1"] > best_f1
+            else:
+                improved = row["val_loss"] < best_loss
+            if improved:
+                best_f1, best_loss = row["val_f1"], row["val_loss"]
+            state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
+                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}),
+                         grad_scaler=scaler.state_dict() if scaler.is_enabled() else None, ssdc_path=model.ssdc_path)
+            if improved:
+                save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
+                                best_val_loss=best_loss, selected_by=select_by)
+            save_checkpoint(last_path, model, config, **state)
+            _write_log(out_dir, history)
             ctx.barrier()
-            continue
-        row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device))
-        row["lr"] = scheduler.get_last_lr()[0]
-        # No wall time in the history: the same command and seed give the same log.csv.
-        seconds = time.perf_counter() - t0
-        history.append(row)
-        if select_by == "val_f1":
-            improved = row["val_f1"] > best_f1
-        else:
-            improved = row["val_loss"] < best_loss
-        if improved:
-            best_f1, best_loss = row["val_f1"], row["val_loss"]
-        state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
-                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}),
-                     grad_scaler=scaler.state_dict() if scaler.is_enabled() else None)
-        if improved:
-            save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
-                            best_val_loss=best_loss, selected_by=select_by)
-        save_checkpoint(last_path, model, config, **state)
-        _write_log(out_dir, history)
-        ctx.barrier()
-        if progress:
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
-                  f"val loss {row['val_loss']:.4f} val F1@0.5 {row['val_f1']:.3f}"
-                  f"{' (best)' if improved else ''} [{seconds:.1f} s]", file=sys.stderr)
-    if ctx.is_main:
-        if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
-            save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
-        elif config.tune_postprocess and select_by == "val_f1" and history:
-            _tune_best(best_path, val_images, val_labels, config, device, progress)
-    ctx.barrier()  # the other ranks wait until rank 0 has tuned and written best.pt
-    ctx.close()
-    return TrainResult(best_path, last_path, history, best_f1 if select_by == "val_f1" else math.nan)
+            if progress:
+                print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
+                      f"val loss {row['val_loss']:.4f} val F1@0.5 {row['val_f1']:.3f}"
+                      f"{' (best)' if improved else ''} [{seconds:.1f} s]", file=sys.stderr)
+        if ctx.is_main:
+            if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
+                save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
+            elif config.tune_postprocess and select_by == "val_f1" and history:
+                _tune_best(best_path, val_images, val_labels, config, device, progress)
+        ctx.barrier()  # the other ranks wait until rank 0 has tuned and written best.pt
+        ctx.close()
+        return TrainResult(best_path, last_path, history, best_f1 if select_by == "val_f1" else math.nan)

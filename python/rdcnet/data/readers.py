@@ -129,10 +129,9 @@ class Splits:
 
     def write_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` (e.g. ``<run>/splits.json``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        return path
+        from .._files import atomic_write
+
+        return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(self.to_json(), indent=1) + "\n"))
 
 
 def _make_splits(items: Sequence[Tuple[str, Pair, Tuple[str, str]]], assignment: Dict[str, Sequence[int]],

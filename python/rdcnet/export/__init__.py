@@ -17,12 +17,8 @@ __all__ = ["PortableRDCNet", "RDCNetPipeline", "build_pipeline", "export_torchsc
 
 def load_model(path, device="cpu"):
     """(:class:`rdcnet.RDCNet` in eval mode, :class:`rdcnet.postprocess.PostprocessConfig`) from a
-    checkpoint (``best.pt``) or a bioimage.io package (``.zip``) written by ``rdcnet export``."""
-    if str(path).lower().endswith(".zip"):
-        from .bioimageio import load_bioimageio
+    checkpoint or a bioimage.io package: :func:`rdcnet.checkpoint.load_model` (kept here for code
+    written against earlier versions)."""
+    from ..checkpoint import load_model as load
 
-        return load_bioimageio(path, device=device)
-    from ..train import load_checkpoint
-
-    model, post, _ = load_checkpoint(path, device=device)
-    return model, post
+    return load(path, device=device)

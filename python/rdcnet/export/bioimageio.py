@@ -55,16 +55,28 @@ def _cover(image: np.ndarray, labels: np.ndarray, path: Path) -> None:
     Image.fromarray(np.concatenate([grey, colours[labels]], axis=1)).save(path)
 
 
-def _documentation(model, post, spacing) -> str:
+def _documentation(model, post, spacing, halo) -> str:
     cfg = model.config
     names = AXES[-cfg.ndim:]
+    t = post.foreground_threshold
+    rule, mask = (("argmax class != 0", "probabilities[0].argmax(0) != 0") if t is None else
+                  (f"1 - P(background) > {t:g}", f"1 - probabilities[0, 0] > {t!r}"))
+    tta = (" (tuned with test-time augmentation: `rdcnet predict` and the TorchScript file average the "
+           "outputs of the flipped and rotated image)" if post.tta else "")
     return f"""# RDCNet instance segmentation ({cfg.ndim}D)
 
 RDCNet (Ortiz et al. 2020) predicts, for every pixel, the class probabilities (softmax over
 {cfg.n_classes} classes, class 0 = background) and an *embedding*: the physical position
 ({', '.join(names)}; pixel spacing {', '.join(f'{s:g}' for s in spacing)}) of the centre of the
-object the pixel belongs to. Instances are obtained by decoding these two outputs, which is not
-part of the network.
+object the pixel belongs to. This package outputs the embedding as `offsets` from the pixel's own
+position (embedding = offset + pixel index × spacing), which do not depend on where a tile lies
+in the image: tiled (blockwise) prediction is correct. Instances are obtained by decoding the
+two outputs, which is not part of the network.
+
+## Tiling
+The outputs declare a halo of {', '.join(map(str, halo))} pixels ({', '.join(names)}): the context
+the network needs on each side of a tile (its receptive-field overlap; rdcnet's own tiled
+prediction uses the same). Whole images are padded by it too (bioimage.io's runtime does so).
 
 ## Input
 `raw`: axes `b, c, {', '.join(names)}`, {cfg.in_channels} channel(s); any spatial size (a
@@ -72,13 +84,17 @@ multiple of the down-sampling factor {list(cfg.factor)} avoids padding). Preproc
 per image and channel, the 1st percentile maps to 0 and the 99.8th to 1 (not clipped).
 
 ## Decoding (rdcnet_ext)
-Foreground = argmax class != 0; Hough votes of the embeddings; centres = vote maxima; each
-foreground pixel takes the label of the nearest centre. With the parameters of this model:
+Foreground = {rule}; Hough votes of the embeddings; centres = vote maxima; each
+foreground pixel takes the label of the nearest centre. With the parameters of this model{tta}:
 
 ```python
 import numpy as np
 from rdcnet_ext import ops
-labels = ops.embeddings_to_labels(embeddings[0], probabilities[0].argmax(0) != 0,
+# offsets, probabilities: this package's outputs for one image (batch axis first)
+position = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(offsets.shape[2:], {list(spacing)!r})],
+                                indexing="ij"))
+embeddings = (offsets[0] + position).astype(np.float32)
+labels = ops.embeddings_to_labels(embeddings, {mask},
                                   min_distance={post.peak_window!r},
                                   spacing={list(spacing)!r}, min_votes={post.min_votes!r},
                                   smooth_radius={post.smooth_radius!r}, max_distance={post.max_distance!r},
@@ -114,6 +130,7 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
     from ..postprocess import PostprocessConfig
     from ..predict import predict
     from .network import __file__ as network_source
+    from ..predict import tile_overlap
     from .pipeline import _load, export_torchscript, portable_network, script
 
     path = Path(path)
@@ -131,12 +148,18 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
         _default_test_image(cfg) if test_image is None else test_image, dtype=np.float32))).numpy()
     # The package's input sizes are multiples of the factor: crop the test image to one.
     keep = [n // f * f for n, f in zip(raw.shape[1:], cfg.factor)]
-    if min(keep) == 0:
-        raise ValueError(f"test_image: expected at least {list(cfg.factor)} pixels per axis, got {raw.shape[1:]}")
+    smallest = [2 * h + f for h, f in zip(tile_overlap(cfg), cfg.factor)]
+    if any(k < m for k, m in zip(keep, smallest)):
+        raise ValueError(f"test_image: expected at least {smallest} pixels per axis (the package's smallest input: "
+                         f"two halos of {list(tile_overlap(cfg))} and a down-sampling step), got {list(raw.shape[1:])}")
     raw = np.ascontiguousarray(raw[(slice(None),) + tuple(slice(0, n) for n in keep)])
     x = normalizer(torch.from_numpy(raw))
     labels = predict(model, raw if cfg.in_channels > 1 else raw[0], post)
-    net = portable_network(model)
+    # Offsets, not embeddings, and the tile context declared as the outputs' halo: bioimage.io
+    # runtimes then tile correctly (they pad whole images by the halo too). The test outputs are
+    # those of the unpadded test input, as bioimageio.core's model test computes them.
+    halo = tile_overlap(cfg)
+    net = portable_network(model, relative=True)
     with torch.no_grad():
         emb, prob = net(x[None])
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,18 +169,19 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
         export_torchscript(model, tmp / PIPELINE, post)
         shutil.copyfile(network_source, tmp / ARCHITECTURE)
         np.save(tmp / "test_input.npy", raw[None])
-        np.save(tmp / "test_embeddings.npy", emb.numpy())
+        np.save(tmp / "test_offsets.npy", emb.numpy())
         np.save(tmp / "test_probabilities.npy", prob.numpy())
         _cover(x[0].numpy() if cfg.ndim == 2 else x[0, x.shape[1] // 2].numpy(),
                labels if cfg.ndim == 2 else labels[labels.shape[0] // 2], tmp / "cover.png")
-        (tmp / "README.md").write_text(_documentation(model, post, cfg.spacing))
+        (tmp / "README.md").write_text(_documentation(model, post, cfg.spacing, halo))
 
         def space_in(a):
-            return v.SpaceInputAxis(id=v.AxisId(names[a]), size=v.ParameterizedSize(min=cfg.factor[a],
-                                    step=cfg.factor[a]), scale=float(cfg.spacing[a]))
+            # A tile holds its halo on both sides and at least one down-sampling step between.
+            return v.SpaceInputAxis(id=v.AxisId(names[a]), size=v.ParameterizedSize(
+                min=2 * halo[a] + cfg.factor[a], step=cfg.factor[a]), scale=float(cfg.spacing[a]))
 
         def space_out(a):
-            return v.SpaceOutputAxis(id=v.AxisId(names[a]), size=v.SizeReference(
+            return v.SpaceOutputAxisWithHalo(id=v.AxisId(names[a]), halo=halo[a], size=v.SizeReference(
                 tensor_id=v.TensorId("raw"), axis_id=v.AxisId(names[a])), scale=float(cfg.spacing[a]))
 
         inputs = [v.InputTensorDescr(
@@ -170,11 +194,12 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
                 axes=[v.AxisId(n) for n in names], min_percentile=1.0, max_percentile=99.8))])]
         outputs = [
             v.OutputTensorDescr(
-                id=v.TensorId("embeddings"),
-                description="per pixel, the physical position of its object's centre (units of the axis scale)",
+                id=v.TensorId("offsets"),
+                description="per pixel, the vector to its object's centre in axis-scale units "
+                            "(embedding = offset + index x scale)",
                 axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(n) for n in names])]
                 + [space_out(a) for a in range(cfg.ndim)],
-                test_tensor=v.FileDescr(source=tmp / "test_embeddings.npy")),
+                test_tensor=v.FileDescr(source=tmp / "test_offsets.npy")),
             v.OutputTensorDescr(
                 id=v.TensorId("probabilities"), description="class probabilities (softmax; class 0 = background)",
                 axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(f"class{c}")
@@ -187,7 +212,7 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
             pytorch_state_dict=v.PytorchStateDictWeightsDescr(
                 source=tmp / WEIGHTS, pytorch_version=version,
                 architecture=v.ArchitectureFromFileDescr(source=tmp / ARCHITECTURE, callable=v.Identifier(
-                    "PortableRDCNet"), kwargs=cfg.to_dict())),
+                    "PortableRDCNet"), kwargs={**cfg.to_dict(), "relative": True})),
             torchscript=v.TorchscriptWeightsDescr(source=tmp / TORCHSCRIPT, pytorch_version=version,
                                                   parent="pytorch_state_dict"))
         descr = v.ModelDescr(
@@ -212,9 +237,13 @@ def export_bioimageio(model_or_checkpoint, path: Union[str, Path], postprocess=N
 def _default_test_image(cfg) -> np.ndarray:
     from ..data import nuclei_2d, nuclei_3d
 
-    size = [max(64, 2 * f) for f in cfg.factor]
+    from ..predict import tile_overlap
+
+    # At least the package's smallest input (two halos and a step), and a few objects.
+    smallest = [2 * h + f for h, f in zip(tile_overlap(cfg), cfg.factor)]
+    size = [max(64, m) for m in smallest]
     if cfg.ndim == 3:
-        size[0] = max(8, 2 * cfg.factor[0])
+        size[0] = max(8, smallest[0])
     if cfg.in_channels == 1:
         return (nuclei_2d if cfg.ndim == 2 else nuclei_3d)(1, size, seed=0)[0][0]
     return np.random.default_rng(0).random((cfg.in_channels, *size)).astype(np.float32)
@@ -232,10 +261,7 @@ def is_bioimageio_package(path) -> bool:
 def load_bioimageio(path, device="cpu", fused=None) -> Tuple["RDCNet", "PostprocessConfig"]:
     """Rebuild the :class:`rdcnet.RDCNet` and its decoding parameters from a package written by
     :func:`export_bioimageio` (its ``config.rdcnet`` and ``pytorch_state_dict`` weights)."""
-    import io
-
-    from ..model import RDCNet
-    from ..postprocess import PostprocessConfig
+    from ..checkpoint import model_from_dict, postprocess_from_dict, safe_torch_load
 
     path = Path(path)
     if not is_bioimageio_package(path):
@@ -243,15 +269,22 @@ def load_bioimageio(path, device="cpu", fused=None) -> Tuple["RDCNet", "Postproc
     _require_spec()
     from bioimageio.spec import load_model_description
 
-    descr = load_model_description(path, perform_io_checks=False)
-    extra = (descr.config.model_extra or {}).get("rdcnet") if descr.config is not None else None
-    weights = descr.weights.pytorch_state_dict
-    if not extra or weights is None:
+    try:
+        descr = load_model_description(path, perform_io_checks=False)
+    except Exception as exc:  # the spec's validation errors span many lines and types
+        raise ValueError(f"model: {path} is not a valid bioimage.io model package "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+    config = getattr(descr, "config", None)
+    extra = (config.model_extra or {}).get("rdcnet") if config is not None else None
+    weights = getattr(getattr(descr, "weights", None), "pytorch_state_dict", None)
+    if not isinstance(extra, dict) or "model_config" not in extra or weights is None:
         raise ValueError(f"model: {path} is a bioimage.io package but not one written by rdcnet "
                          "(no config.rdcnet / pytorch_state_dict weights)")
     with zipfile.ZipFile(path) as z:
-        state = torch.load(io.BytesIO(z.read(str(weights.source.path if hasattr(weights.source, "path")
-                                                 else weights.source))), map_location=device, weights_only=True)
-    model = RDCNet.from_config(extra["model_config"], fused=fused).to(device)
-    model.load_state_dict(state)
-    return model.eval(), PostprocessConfig(**extra["postprocess"])
+        member = str(weights.source.path if hasattr(weights.source, "path") else weights.source)
+        if member not in z.namelist():
+            raise ValueError(f"model: {path} names weights {member!r} that the package does not contain")
+        state = safe_torch_load(z.read(member), map_location=device, what="bioimage.io weights file",
+                                name=f"{path}:{member}")
+    return model_from_dict({"model_config": extra["model_config"], "state_dict": state}, path, device, fused), \
+        postprocess_from_dict({"postprocess": extra.get("postprocess", {})}, path)

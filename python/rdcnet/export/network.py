@@ -70,12 +70,14 @@ class PortableRDCNet(nn.Module):
     ``RDCNetConfig`` (``dropout`` is accepted and unused: inference only).
 
     ``forward(x)``: normalised images (B, in_channels, *S) → (embeddings (B, ndim, *S) in
-    physical units, class probabilities (B, n_classes, *S))."""
+    physical units, class probabilities (B, n_classes, *S)). With ``relative=True`` the first
+    output is the offsets (embeddings minus each pixel's position index × spacing): the same
+    for a pixel whatever tile of the image it is computed in, which tiling runtimes need."""
 
     def __init__(self, ndim: int = 2, in_channels: int = 1, n_classes: int = 2, factor: Sequence[int] = (4, 4),
                  downsampling_channels: int = 32, groups: int = 8, channels_per_group: int = 64,
                  dilations: Sequence[int] = (1, 2, 4, 8), iterations: int = 5, dropout: float = 0.0,
-                 negative_slope: float = 0.3, spacing: Sequence[float] = (1.0, 1.0)):
+                 negative_slope: float = 0.3, spacing: Sequence[float] = (1.0, 1.0), relative: bool = False):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim: expected 2 or 3, got {ndim}")
@@ -99,6 +101,7 @@ class PortableRDCNet(nn.Module):
         self.spacing: List[float] = spacing
         self.iterations = int(iterations)
         self.negative_slope = float(negative_slope)
+        self.relative = bool(relative)
 
     def coordinates(self, spatial: List[int], device: torch.device) -> torch.Tensor:
         """(ndim, *spatial) physical pixel positions, index × spacing (as ``RDCNet.coordinates``)."""
@@ -130,6 +133,8 @@ class PortableRDCNet(nn.Module):
         for a in range(self.ndim):
             start = (self.k_out[a] - self.factor[a]) // 2
             out = out.narrow(2 + a, start, spatial[a])
+        if self.relative:  # offsets only: they do not depend on where a tile lies in the image
+            return out[:, : self.ndim], torch.softmax(out[:, self.ndim:], dim=1)
         coords = self.coordinates(spatial, x.device).to(out.dtype)
         embeddings = out[:, : self.ndim] + coords
         probabilities = torch.softmax(out[:, self.ndim:], dim=1)

@@ -18,6 +18,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .. import tta
+from ..postprocess import foreground
 from .network import PortableRDCNet
 
 __all__ = ["ScriptableDecoder", "ScriptableNormalizer", "RDCNetPipeline", "build_pipeline", "export_torchscript",
@@ -163,6 +165,7 @@ class ScriptableDecoder(nn.Module):
 
     max_distance: Optional[float]
     opening_offsets: List[List[int]]
+    foreground_threshold: Optional[float]
 
     def __init__(self, spacing, postprocess):
         super().__init__()
@@ -177,9 +180,11 @@ class ScriptableDecoder(nn.Module):
         radius = postprocess.opening_radius
         self.opening_offsets = (ellipsoid_offsets(float(radius), self.spacing).tolist()
                                                  if radius else [])
+        threshold = postprocess.foreground_threshold
+        self.foreground_threshold = None if threshold is None else float(threshold)
 
     def forward(self, embeddings: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-        mask = probabilities.argmax(0) != 0
+        mask = foreground(probabilities, self.foreground_threshold)
         emb = embeddings.detach().float().contiguous()
         votes = hough_votes(emb, mask, self.spacing)
         centres = find_peaks(votes, self.window, self.min_votes, self.smooth_radius)
@@ -258,29 +263,50 @@ class ScriptableNormalizer(nn.Module):
 class RDCNetPipeline(nn.Module):
     """``forward(image)``: one raw image, (*S) grey or with a channel axis first or last, any real
     dtype → int32 instance labels (*S) (0 background). ``outputs(image)`` gives the network's
-    (embeddings (ndim, *S), probabilities (n_classes, *S)) instead."""
+    (embeddings (ndim, *S), probabilities (n_classes, *S)) instead, averaged over the flipped and
+    rotated image when the decoding asks for test-time augmentation (:mod:`rdcnet.tta`)."""
 
-    def __init__(self, network: PortableRDCNet, decoder: ScriptableDecoder):
+    tta_moves: List[List[int]]
+
+    def __init__(self, network: PortableRDCNet, decoder: ScriptableDecoder,
+                 tta_moves: Optional[List[List[int]]] = None):
         super().__init__()
         self.normalize = ScriptableNormalizer(network.ndim, network.in_channels)
         self.network = network
         self.decoder = decoder
+        self.tta_moves = [] if tta_moves is None else [[int(k), int(f)] for k, f in tta_moves]
 
     @torch.jit.export
     def outputs(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.normalize(image)
         device = self.network.down.weight.device
-        emb, prob = self.network(x[None].to(device))
-        return emb[0], prob[0]
+        if len(self.tta_moves) == 0:
+            emb, prob = self.network(x[None].to(device))
+            return emb[0], prob[0]
+        # Test-time augmentation: the arithmetic of rdcnet.predict's (rdcnet.tta).
+        x = x.to(device)
+        offsets_sum = torch.zeros(0)
+        prob_sum = torch.zeros(0)
+        for i, move in enumerate(self.tta_moves):
+            emb, prob = self.network(tta.forward(x, move[0], move[1] == 1)[None])
+            offsets = emb[0] - self.network.coordinates(list(emb.shape[2:]), emb.device).to(emb.dtype)
+            offsets = tta.backward_offsets(offsets, move[0], move[1] == 1)
+            prob = tta.backward(prob[0], move[0], move[1] == 1)
+            offsets_sum = offsets if i == 0 else offsets_sum + offsets
+            prob_sum = prob if i == 0 else prob_sum + prob
+        offsets = offsets_sum / len(self.tta_moves)
+        coords = self.network.coordinates(list(x.shape[1:]), offsets.device).to(offsets.dtype)
+        return offsets + coords, prob_sum / len(self.tta_moves)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         emb, prob = self.outputs(image)
         return self.decoder(emb, prob)
 
 
-def portable_network(model) -> PortableRDCNet:
-    """A :class:`PortableRDCNet` with the weights of an :class:`rdcnet.RDCNet`, in eval mode."""
-    net = PortableRDCNet(**model.config.to_dict())
+def portable_network(model, relative: bool = False) -> PortableRDCNet:
+    """A :class:`PortableRDCNet` with the weights of an :class:`rdcnet.RDCNet`, in eval mode
+    (``relative``: it outputs offsets instead of embeddings)."""
+    net = PortableRDCNet(**model.config.to_dict(), relative=relative)
     net.load_state_dict(model.state_dict())
     return net.to(next(model.parameters()).device).eval()
 
@@ -292,7 +318,8 @@ def build_pipeline(model, postprocess=None) -> RDCNetPipeline:
     if isinstance(postprocess, dict):
         postprocess = PostprocessConfig(**postprocess)
     postprocess = postprocess or PostprocessConfig()
-    return RDCNetPipeline(portable_network(model), ScriptableDecoder(model.config.spacing, postprocess)).eval()
+    moves = tta.transforms(model.config.spacing, model.config.factor) if postprocess.tta else None
+    return RDCNetPipeline(portable_network(model), ScriptableDecoder(model.config.spacing, postprocess), moves).eval()
 
 
 def script(module):
@@ -305,7 +332,7 @@ def script(module):
 
 def _load(model_or_checkpoint, postprocess):
     from ..model import RDCNet
-    from ..train import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     if isinstance(model_or_checkpoint, RDCNet):
         return model_or_checkpoint, postprocess
