@@ -52,6 +52,6 @@ def test_busy_machine_is_reported_and_threads_apply_to_the_command(tmp_path, mon
         assert "rdcnet train: warning: the machine is busy (load 7.0 on 2 cores)" in capsys.readouterr().err
         assert main(argv + ["--threads", "1"]) == 130
         assert threads_in_training[-1] == 1 and torch.get_num_threads() == 2  # restored after the command
-        assert "busy" not in capsys.readouterr().err  # an explicit --threads is the user's choice
+        assert "machine is busy" not in capsys.readouterr().err  # an explicit --threads is the user's choice
     finally:
         torch.set_num_threads(before)
