@@ -168,7 +168,7 @@ def test_exported_pipeline_equals_predict_in_a_fresh_process(tmp_path, fixed):
     path = export_torchscript(ckpt, tmp_path / "rdcnet.pt")
     torch.save([torch.from_numpy(im) for im in images], tmp_path / "images.pt")
     run = subprocess.run([sys.executable, "-c", _FRESH, str(path), str(tmp_path / "images.pt"),
-                          str(tmp_path / "labels.pt")], capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "labels.pt")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1]) == []
     got = torch.load(tmp_path / "labels.pt")

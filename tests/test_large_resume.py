@@ -66,8 +66,10 @@ def count_network_calls(monkeypatch):
 
 
 def kill_during(setup, function: str, after: int):
+    # cwd away from the source tree: `python -c` puts the cwd first on sys.path, and from the
+    # repository root that would import the uncompiled source `rdcnet_ext` instead of the installed one.
     proc = subprocess.run([sys.executable, "-c", KILLER, function, str(after)] + setup["argv"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=setup["out"].parent)
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
 
 
@@ -133,7 +135,8 @@ HOLDER = textwrap.dedent("""
 
 
 def hold_lock(path):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True,
+                            cwd=path.parent)  # not the source tree (see kill_during)
     assert proc.stdout.readline().strip() == "holding"
     return proc
 

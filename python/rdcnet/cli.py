@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ._checks import check_int, check_number, check_per_axis, resolve_device
-from .demo import DEMO_DURATION
+from .demo import DEMO_DURATION, DEMO_EPOCHS, DEMO_STEPS
 from .machine import PRECISIONS
 from .postprocess import check_postprocess_value
 
@@ -564,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "segment held-out images, print precision/recall/F1@0.5, SBD and AJI and "
                                    "write an overlay PNG. Needs no data and no GPU.")
     d.add_argument("--out", default="rdcnet-demo", help="output folder (default: %(default)s)")
-    d.add_argument("--steps", type=_count(), default=500, help="training steps per epoch, 12 epochs (default: %(default)s)")
+    d.add_argument("--steps", type=_count(), default=DEMO_STEPS,
+                   help=f"training steps per epoch, {DEMO_EPOCHS} epochs (default: %(default)s)")
     d.add_argument("--seed", type=_count(0, SEED_MAX), default=0)
     d.add_argument("--device", type=_device, default="auto", help="auto, cpu or cuda (default: %(default)s)")
     _add_threads(d)
