@@ -74,8 +74,10 @@ def make_image(shape, seed=0):
 def predict_variant(model, image, precision, path):
     import rdcnet
 
-    model.ssdc_path = path
-    return lambda: rdcnet.predict(model, image, precision=precision)
+    def run():
+        model.ssdc_path = path  # at each call: the variants share one model
+        return rdcnet.predict(model, image, precision=precision)
+    return run
 
 
 def train_variant(model, batch, crop, precision, path):
@@ -107,7 +109,11 @@ def port_variant(image):
                       channels_per_group=64, n_groups=8, dilation_rates=[1, 2, 4, 8], steps=5,
                       instance_size=(10.0, 10.0)).eval()
     x = torch.from_numpy(((image - image.mean()) / (image.std() + 1e-6)).astype(np.float32))[None, None]
-    return lambda: port.predict_instances(x)
+
+    def network():
+        with torch.no_grad():
+            port(x)
+    return (lambda: port.predict_instances(x)), network
 
 
 def run_rounds(variants: dict, rounds: int) -> dict:
@@ -123,13 +129,22 @@ def run_rounds(variants: dict, rounds: int) -> dict:
 MEMORY_SCRIPT = """
 import json, resource, sys, torch
 import rdcnet
+
+def peak_kb():
+    # VmHWM: this process's own peak (ru_maxrss can carry the parent's peak across fork + exec)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 cfg = json.loads(sys.argv[1]); path, precision = sys.argv[2], sys.argv[3]
 torch.manual_seed(0)
 model = rdcnet.RDCNet(**cfg, ssdc_path=path).eval()
 image = torch.rand(32, 256, 256).numpy()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 rdcnet.predict(model, image, precision=precision)
-print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "before_kb": before}))
+print(json.dumps({"peak_kb": peak_kb(), "before_kb": before}))
 """
 
 
@@ -184,7 +199,9 @@ def main(argv=None) -> int:
             for path in ("chain", "fused", "auto"):
                 variants[("predict", precision, path)] = predict_variant(model, image, precision, path)
         if args.port and config_name == "paper":
-            variants[("predict", "port", "pytorch-rdc-net")] = port_variant(image)
+            whole, network = port_variant(image)
+            variants[("predict", "port", "pytorch-rdc-net")] = whole
+            variants[("predict", "port", "pytorch-rdc-net, network only")] = network
         for key, value in run_rounds(variants, args.rounds).items():
             results[(config_name,) + key] = value
         for precision in ("fp32", "bf16"):
@@ -214,19 +231,28 @@ def main(argv=None) -> int:
             lines.append(f"- {config_name}, {precision}: the first `predict` with `auto` took "
                          f"{fc[('predict', precision)]:.2f} s, of which {fc[('predict', precision, 'tuning')]:.2f} s "
                          f"tuning (winner: {fc[('predict', precision, 'winner')]}); later calls {steady:.2f} s.")
+    from rdcnet.machine import resolve_precision
+
+    default = "bf16" if resolve_precision("auto", torch.device("cpu")) is not None else "fp32"
+    if "paper" in args.configs.split(","):
+        d = results[("paper", "predict", default, "auto")]
+        text = (f"- The default `rdcnet.predict` here (precision auto = {default}, sSDC auto), paper config, "
+                f"{args.size}²: {results[('paper', 'predict', 'fp32', 'chain')] / d:.2f}× the float32 chain")
+        if args.port:
+            text += (f", {results[('paper', 'predict', 'port', 'pytorch-rdc-net')] / d:.2f}× pytorch-rdc-net's "
+                     f"`predict_instances` (whose network pass alone takes "
+                     f"{results[('paper', 'predict', 'port', 'pytorch-rdc-net, network only')] / d:.2f}× our whole "
+                     "predict; both models untrained, seeded)")
+        lines.append(text + ".")
     if args.memory:
         lines += ["", "3D inference, 32×256×256, organoid model, peak resident memory of a fresh process:", "",
                   "| sSDC path | precision | peak RSS |", "|---|---|---:|"]
         for (path, precision), value in memory_3d(("chain", "fused", "auto"), ("fp32", "bf16")).items():
             text = value if isinstance(value, str) else f"{value['peak_kb'] / 1024 ** 2:.2f} GB"
             lines.append(f"| {path} | {precision} | {text} |")
-    lines += ["", f"Load after: {load()}. Command: `python benchmarks/end_to_end.py {' '.join(argv or sys.argv[1:])}`, "
-              f"{time.strftime('%Y-%m-%d')}."]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    from _report import finish
+
+    return finish(lines, args.out, "end_to_end.py", argv, prefix=f"Load after: {load()}. ")
 
 
 if __name__ == "__main__":

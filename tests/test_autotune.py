@@ -163,3 +163,32 @@ def test_training_records_its_path_and_keeps_it_on_resume(tmp_path, monkeypatch)
     assert resumed["ssdc_path"] == "fused" and resumed["epoch"] == 1
     for name, tensor in straight["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
+
+
+@pytest.mark.parametrize("spatial,expected", [
+    ((16, 8), (16, 8)),                    # small maps are timed as they are
+    ((128, 128), (128, 128)),              # the paper's 512² image: 1 << 14 coarse pixels
+    ((256, 128), (128, 128)),
+    ((32, 32, 32), (16, 32, 32)),          # the organoid model's 32×256² stack
+    ((4, 512, 512), (4, 64, 64)),
+    ((8, 8, 100000), (8, 8, 196)),
+])
+def test_large_maps_are_tuned_on_a_proxy_of_bounded_size(spatial, expected):
+    proxy = ssdc._tuning_shape(spatial)
+    assert proxy == expected
+    assert math.prod(proxy) <= ssdc.TUNING_MAX_VOXELS or proxy == spatial
+
+
+def test_tuning_a_large_map_runs_the_candidates_on_the_proxy(monkeypatch, tmp_path):
+    monkeypatch.setenv("RDCNET_AUTOTUNE", "1")
+    monkeypatch.setenv("RDCNET_CACHE_DIR", str(tmp_path / "cache"))
+    ssdc.SSDC_TUNER.forget()
+    shapes = []
+    original = ssdc.apply_ssdc
+    monkeypatch.setattr(ssdc, "apply_ssdc", lambda x, *a, **k: shapes.append(tuple(x.shape)) or original(x, *a, **k))
+    ssdc.tune_ssdc_path("cpu", torch.float32, groups=1, channels=2, dilations=(1,), batch=1, spatial=(512, 64),
+                        needs_grad=False)
+    assert shapes and set(shapes) == {(1, 2, 256, 64)}
+    key, = json.loads((tmp_path / "cache" / "ssdc-paths.json").read_text())["entries"]
+    assert "s512x64" in key  # cached under the real size's bucket
+    ssdc.SSDC_TUNER.forget()

@@ -44,7 +44,12 @@ PLANNED = ("margin", "factor", "crop", "dilations", "groups", "channels_per_grou
            "min_distance", "min_votes", "opening_radius", "foreground_threshold")
 
 # ---- the rules' constants (reasons in plan_training's docstring) ----------------------------------
-MIN_COARSE_WIDTH = 4      # coarse pixels across a median object, at least
+#: coarse pixels across a median object, at least, per device. On a CPU's minutes a coarser map
+#: (more steps, a wider model) beat a finer one at every object size measured (benchmarks/
+#: self_config.py: 2 won against 4 at diameters 6 and 24 px, tied at 12); on a GPU, unmeasured, the
+#: finer map that draws better borders at equal steps (benchmarks/boundaries.py) is kept.
+MIN_COARSE_WIDTH = {"cpu": 2, "cuda": 4}
+MIN_MARGIN_PX = 2.0       # the margin spans at least this many of the finest pixels
 MAX_FACTOR = 8
 CROP_OBJECTS = 6          # median objects across a crop, per axis
 MIN_COARSE_CROP = 16      # coarse pixels per crop axis, at least (room for the dilations)
@@ -56,7 +61,7 @@ TARGET_EPOCHS = 20        # validation points for choosing best.pt
 MIN_STEPS_PER_EPOCH = 25
 VALIDATION_SHARE = 0.1    # of the budget, at most, spent validating
 DECODE_SECONDS_PER_PIXEL = 3e-7  # one decoding + F1 per validation pixel (2-core Xeon, 2026-12)
-TUNING_DECODINGS = 150    # grid points tuning decodes per mode (after sharing stages), roughly
+TUNING_DECODINGS = 64     # decodings per mode, in equivalent full ones (stages shared): the demo tuned 8 × 128² in 5.0 s
 #: (groups, channels per group, down-sampling channels): the paper's width first, narrower after.
 WIDTHS = ((8, 64, 32), (8, 32, 32), (8, 16, 16), (4, 16, 16), (4, 8, 8))
 WIDEST = {"cuda": 0, "cpu": 2}  # where each device starts (the CPU at the demo's 8 × 16)
@@ -549,12 +554,15 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
 
     The rules (d = median object diameter, e = median bounding-box extent per axis in pixels):
 
-    - factor per axis: the largest power of two (at most 8) keeping ``e / factor >= 4`` coarse
-      pixels: the network decides at the coarse scale, and fewer than a few coarse pixels across
-      an object blur its centre and border. Axes sampled coarsely (z of a light-sheet stack) get 1.
+    - factor per axis: the largest power of two (at most 8) keeping ``e / factor >= w`` coarse
+      pixels, w = 2 on a CPU, 4 on a GPU: the network decides at the coarse scale, and fewer
+      coarse pixels across an object blur its centre and border, but within a CPU's minutes the
+      steps a coarser map buys count for more (benchmarks/self_config.py). Axes sampled coarsely
+      (z of a light-sheet stack) get 1.
     - margin = d / 4, at least the largest pixel size (so the peak window, whose half-size is the
-      margin, spans a pixel on every axis) and at most 0.45 d: two touching objects have centres
-      about d apart, and with a perfect loss centres are at least 2 × margin apart.
+      margin, spans a pixel on every axis) and two of the finest pixels (small objects: 1.4 px
+      trained worse than 1.9), and at most 0.45 d: two touching objects have centres about d
+      apart, and with a perfect loss centres are at least 2 × margin apart.
     - crop per axis: 6 median objects across (several objects and their contacts in every crop),
       at least 16 coarse pixels, rounded to the factor (and to 8 pixels), at most the median image
       size; shrunk until a step fits in memory (60% of the GPU, 40% of the RAM on a CPU).
@@ -590,9 +598,10 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
     def factor_rule():
         if not has_objects:
             return ([1, 4, 4] if ndim == 3 else [4, 4]), "default", "paper (no objects to measure)"
-        f = [min(_pow2_at_most(e / MIN_COARSE_WIDTH, MAX_FACTOR), _pow2_at_most(n / MIN_COARSE_CROP, MAX_FACTOR))
+        width = MIN_COARSE_WIDTH[kind]
+        f = [min(_pow2_at_most(e / width, MAX_FACTOR), _pow2_at_most(n / MIN_COARSE_CROP, MAX_FACTOR))
              for e, n in zip(extent, median_image)]
-        return f, "data", (f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {MIN_COARSE_WIDTH} "
+        return f, "data", (f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {width} "
                            "coarse px across")
 
     factor = p.set("factor", factor_rule)
@@ -603,8 +612,8 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
         if not has_objects:
             return 5.0, "default", "paper (MoNuSeg)"
         d = fp.diameter["median"]
-        m = min(max(d / 4, max(spacing)), 0.45 * d)
-        return _nice(m), "data", f"1/4 of the median diameter {d:.3g}"
+        m = min(max(d / 4, max(spacing), MIN_MARGIN_PX * min(spacing)), 0.45 * d)
+        return _nice(m), "data", f"1/4 of the median diameter {d:.3g}, at least {MIN_MARGIN_PX:g} pixels"
 
     margin = p.set("margin", margin_rule)
 
