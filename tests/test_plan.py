@@ -114,10 +114,10 @@ NO_TIME = {"epochs": 1, "steps_per_epoch": 1}  # no time budget: nothing measure
 
 @pytest.mark.parametrize("name, shape, radius, spacing, factor, margin", [
     ("small 2D objects", (128, 128), 3.0, None, [2, 2], (1.9, 2.1)),   # margin: at least 2 pixels
-    ("nuclei 2D", (256, 256), 8.0, None, [8, 8], (3.5, 4.5)),
-    ("big 2D objects", (512, 512), 22.0, None, [8, 8], (10, 12)),
-    ("anisotropic 3D", (24, 160, 160), 3.5, (2.0, 0.26, 0.26), [1, 8, 8], (1.9, 2.1)),
-    ("isotropic 3D", (64, 64, 64), 6.0, None, [4, 4, 4], (2.8, 3.3)),
+    ("nuclei 2D", (256, 256), 8.0, None, [8, 8], (5.0, 5.6)),
+    ("big 2D objects", (512, 512), 22.0, None, [8, 8], (14, 16)),
+    ("anisotropic 3D", (24, 160, 160), 3.5, (2.0, 0.26, 0.26), [1, 8, 8], (2.2, 2.4)),
+    ("isotropic 3D", (64, 64, 64), 6.0, None, [4, 4, 4], (3.8, 4.2)),
 ])
 def test_plan_rules_follow_object_size(name, shape, radius, spacing, factor, margin):
     fp = fingerprint([(None, disc_grid(shape, radius, spacing=spacing))], spacing=spacing)

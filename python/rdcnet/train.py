@@ -367,7 +367,12 @@ def tune_postprocess(model: RDCNet, images, labels, postprocess: PostprocessConf
     return best, best_f1, base
 
 
-def _write_log(out_dir: Path, history: List[dict]) -> None:
+#: Seconds between redrawings of training.png (about 0.25 s each on a CPU: every epoch of a
+#: minutes-long run would spend several percent of it drawing); the last epoch always draws.
+PLOT_INTERVAL = 30.0
+
+
+def _write_log(out_dir: Path, history: List[dict], plot: bool = True) -> None:
     if not history:
         return
     keys = list(history[0].keys())
@@ -379,6 +384,8 @@ def _write_log(out_dir: Path, history: List[dict]) -> None:
             w.writerows(history)
 
     atomic_write(out_dir / "log.csv", write)
+    if not plot:
+        return
     from .viz import plot_training
 
     atomic_write(out_dir / "training.png", lambda tmp: plot_training(history, tmp))
@@ -611,6 +618,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["grad_scaler"])
         run_start = time.perf_counter()  # the pace of this run, for the callback's ETA
+        last_plot = -math.inf  # the first epoch draws training.png
         for epoch in range(start_epoch, config.epochs):
             model.train()
             t0 = time.perf_counter()
@@ -672,7 +680,11 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
                                 best_val_loss=best_loss, selected_by=select_by)
             save_checkpoint(last_path, model, config, **state)
-            _write_log(out_dir, history)
+            last_epoch = epoch + 1 == config.epochs
+            plot = last_epoch or time.perf_counter() - last_plot >= PLOT_INTERVAL
+            _write_log(out_dir, history, plot=plot)
+            if plot:
+                last_plot = time.perf_counter()
             ctx.barrier()
             if progress:
                 print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
