@@ -255,7 +255,8 @@ def cmd_train(args) -> int:
 
     from .model import RDCNet
     from .plan import PLAN_FILE
-    from .train import check_crop, check_finite_pixels, resume_state, train
+    from ._files import OutputLock
+    from .train import RUN_LOCK, check_crop, check_finite_pixels, resume_state, train
 
     pairs, paths = _load_pairs(Path(args.images), Path(args.labels), args.undefined)
     val, val_paths = [], []
@@ -288,25 +289,31 @@ def cmd_train(args) -> int:
                             tune_postprocess=not args.no_tune)
     torch.manual_seed(args.seed)  # the initial weights too: same command and seed, same run
     model = RDCNet(ndim, in_channels, spacing=spacing, ssdc_path=args.ssdc, **plan.model_kwargs())
-    if not args.no_resume:
-        resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
-    if main:
-        if os.environ.get(PLAN_ENV) is None:  # (--nproc's processes: their parent printed it)
-            print(plan.fingerprint.table() + "\n" + plan.table(), file=sys.stderr)
-        path = plan.save(Path(args.out) / PLAN_FILE)
-    if parent:  # the processes plan nothing: they read this plan
-        os.environ[PLAN_ENV] = str(path.resolve())
-        from .distributed import launch, without_option
+    # The run folder is claimed before anything is written to it (plan.json included); train()
+    # takes the same lock again (re-entrant). A --nproc parent holds it only until its processes
+    # start: they claim it themselves.
+    out = Path(args.out)
+    with OutputLock(out / RUN_LOCK, f"run folder {out}") if main else contextlib.nullcontext():
+        if not args.no_resume:
+            resume_state(cfg, model)  # a run folder that cannot be resumed fails here, before any output
+        if main:
+            if os.environ.get(PLAN_ENV) is None:  # (--nproc's processes: their parent printed it)
+                print(plan.fingerprint.table() + "\n" + plan.table(), file=sys.stderr)
+            path = plan.save(out / PLAN_FILE)
+        if not parent:
+            if main:
+                print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
+                      f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}; "
+                      f"plan in {path}", file=sys.stderr)
+                _warn_if_busy(args)
+            result = train(model, pairs, val, cfg, resume=not args.no_resume)
+            _report_training(result)
+            return 0
+    # the processes plan nothing: they read this plan
+    os.environ[PLAN_ENV] = str(path.resolve())
+    from .distributed import launch, without_option
 
-        return launch(args.nproc, without_option(args.argv, "--nproc"))
-    if main:
-        print(f"training a {ndim}D RDCNet on {len(pairs)} images (validation: {len(val)}), "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters, device {cfg.device}; plan in {path}",
-              file=sys.stderr)
-        _warn_if_busy(args)
-    result = train(model, pairs, val, cfg, resume=not args.no_resume)
-    _report_training(result)
-    return 0
+    return launch(args.nproc, without_option(args.argv, "--nproc"))
 
 
 def _warn_if_busy(args) -> None:
