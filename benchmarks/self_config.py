@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes-2d", default="6,12,24,48")
     p.add_argument("--sizes-3d", default="12,24")
     p.add_argument("--images", default="16,4,8", help="training, validation, test images per data set")
+    p.add_argument("--seed", type=int, default=0, help="shifts the data sets' seeds (fresh images; default 0)")
     p.add_argument("--out", help="Markdown file for the table (a .json beside it keeps every run)")
     args = p.parse_args(argv)
     n_train, n_val, n_test = (int(v) for v in args.images.split(","))
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
              "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
     records = []
     for label, spacing, make in datasets(sizes_2d, sizes_3d, n_train, n_val, n_test):
-        data = {"train": make(n_train, 11), "val": make(n_val, 22), "test": make(n_test, 33)}
+        data = {"train": make(n_train, 11 + args.seed), "val": make(n_val, 22 + args.seed),
+                "test": make(n_test, 33 + args.seed)}
         fp, first = make_plan({}, data, spacing, args.time)
         variants = {"plan": {}, **grid(first.values, fp, fp.ndim)}
         # Plan every variant once untimed first: the sSDC path tuning of each new kind of call
