@@ -61,14 +61,14 @@ def run_demo(out_dir: Path = Path("rdcnet-demo"), steps: int = DEMO_STEPS, seed:
     model = RDCNet(**DEMO_MODEL)
     epochs = 1 if quick else DEMO_EPOCHS
     steps = 20 if quick else steps
-    _log(f"training a small RDCNet ({sum(p.numel() for p in model.parameters()):,} parameters) on {dev}"
-         f"{' in bfloat16' if resolve_precision('auto', dev) is not None else ''}: "
-         f"{epochs} epochs × {steps} steps of batch {DEMO_BATCH}"
-         f"{'' if quick or steps != DEMO_STEPS else ' (' + DEMO_DURATION + ' in all)'}")
-    post = PostprocessConfig(margin=DEMO_MARGIN, min_votes=5, smooth_radius=1)
     # bfloat16 autocast where the hardware computes it natively (about 1.4x the steps per second on a
     # CPU with AVX512-BF16); float32 elsewhere.
     amp = "bf16" if resolve_precision("auto", dev) is not None else None
+    _log(f"training a small RDCNet ({sum(p.numel() for p in model.parameters()):,} parameters) on {dev}"
+         f"{' in bfloat16' if amp else ''}: "
+         f"{epochs} epochs × {steps} steps of batch {DEMO_BATCH}"
+         f"{'' if quick or steps != DEMO_STEPS else ' (' + DEMO_DURATION + ' in all)'}")
+    post = PostprocessConfig(margin=DEMO_MARGIN, min_votes=5, smooth_radius=1)
     config = TrainConfig(out_dir=str(out_dir / "run"), margin=DEMO_MARGIN, crop=DEMO_CROP, epochs=epochs,
                          steps_per_epoch=steps, batch_size=DEMO_BATCH, lr=DEMO_LR, augment="grey", seed=seed,
                          device=str(dev), postprocess=post, amp=amp)

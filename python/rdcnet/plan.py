@@ -773,13 +773,9 @@ def crop_sampler(pairs: Sequence, seed: int = 0) -> Callable:
 
     rng = np.random.default_rng(seed)
     normalised = {}
-    augmenters = {}
 
     def sample(batch_size: int, crop, augment=None):
-        key = repr(augment)  # (a preset name or a dict)
-        if key not in augmenters:
-            augmenters[key] = make_augmenter(augment, len(crop)) if augment else None
-        augmenter = augmenters[key]
+        augmenter = make_augmenter(augment, len(crop)) if augment else None
         xs, ys = [], []
         for _ in range(batch_size):
             i = int(rng.integers(len(pairs)))
