@@ -9,7 +9,8 @@ time budget (``--time``; the planner fits epochs × steps to it on this machine,
 - ``old defaults``: the data-dependent settings the CLI used before the planner (margin 5,
   factor 4 (1,4,4 in 3D), crop 256 (16,128,128), dilations 1,2,4,8; clipped to the images), with
   the width and schedule still planned for the budget (kinder to them than the old 50 × 100 steps);
-- hand-tuned: the planned settings with the factor one step finer and one coarser, and the
+- hand-tuned: the planned settings with the factor one step finer and one coarser (in 3D: in
+  the image plane, and z one step finer where the plan coarsens z), and the
   margin at 1/4 or 1/3 of the median diameter (whichever the plan does not use: it plans d/3,
   at least 2 pixels; it planned d/4 until the run recorded in benchmarks/README.md).
 
@@ -100,6 +101,9 @@ def grid(plan_values: dict, fp, ndim: int, old: bool = True):
         variants[f"factor {','.join(map(str, finer))}"] = {"factor": finer}
     if coarser != factor:
         variants[f"factor {','.join(map(str, coarser))}"] = {"factor": coarser}
+    if ndim == 3 and factor[0] > 1:  # the coarsely sampled z axis one step finer too
+        z_finer = [factor[0] // 2] + factor[1:]
+        variants[f"factor {','.join(map(str, z_finer))}"] = {"factor": z_finer}
     for frac, label in ((1 / 4, "d/4"), (1 / 3, "d/3")):  # (d/6 lost at every size in a first run)
         margin = round(max(d * frac, max(fp.spacing)), 2)
         if abs(margin - plan_values["margin"]) > 0.05 * plan_values["margin"]:  # (not the plan's own again)

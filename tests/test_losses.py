@@ -135,3 +135,75 @@ def test_bad_labels_raise():
         soft_jaccard_loss(torch.rand(1, 2, 8, 8), torch.zeros(1, 8, 9, dtype=torch.long))
     with pytest.raises(TypeError, match="labels"):
         embedding_soft_jaccard_loss(torch.rand(1, 2, 8, 8), torch.zeros(1, 8, 8), 1.0)
+
+
+def esj_definition(embeddings, labels, margin):
+    """The ESJ loss as DESIGN.md defines it, every (instance, pixel) difference spelled out: the
+    reference for the factored computation in rdcnet.losses."""
+    s = 1.0 / (2 * sigma_from_margin(margin) ** 2)
+    B, ndim = embeddings.shape[:2]
+    total = embeddings.new_zeros(())
+    for b in range(B):
+        lab = labels[b].reshape(-1)
+        fg = lab > 0
+        if not bool(fg.any()):
+            continue
+        ids = torch.unique(lab[fg])
+        emb = embeddings[b].reshape(ndim, -1)[:, fg].t()
+        losses = []
+        for k in ids:
+            mine = lab[fg] == k
+            centroid = emb[mine].mean(0)
+            p = torch.exp(-(emb - centroid).pow(2).sum(1) * s)
+            inter = p[mine].sum()
+            union = p.sum() + mine.sum() - inter
+            losses.append(1 - (inter + 1e-6) / (union + 1e-6))
+        total = total + torch.stack(losses).mean()
+    return total / B
+
+
+@pytest.mark.parametrize("shape,n_labels,chunk", [
+    ((1, 9, 11), 3, None), ((3, 16, 16), 7, None), ((2, 5, 7, 6), 5, None), ((2, 24, 20), 12, 50),
+    ((1, 1, 1), 1, None), ((2, 3, 8, 8), 9, 7), ((1, 12, 12), 40, 1)])
+def test_esj_matches_its_definition_values_and_gradients(shape, n_labels, chunk, monkeypatch):
+    import rdcnet.losses as losses_module
+
+    if chunk is not None:  # several chunks of instances
+        monkeypatch.setattr(losses_module, "ESJ_CHUNK", chunk * int(np.prod(shape[1:])))
+    g = torch.Generator().manual_seed(sum(shape) + n_labels)
+    labels = torch.randint(-1, n_labels + 1, shape, generator=g)
+    labels[0].view(-1)[0] = 1  # at least one instance
+    ndim = len(shape) - 1
+    spacing = torch.tensor([2.0, 0.5, 0.5][-ndim:]).view(1, ndim, *([1] * ndim))
+    base = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape[1:]], indexing="ij"))
+    emb = (base[None] * spacing + 1.5 * torch.randn((shape[0], ndim, *shape[1:]), generator=g, dtype=torch.float64))
+    for margin in (0.7, 3.0):
+        e1, e2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+        fast, slow = embedding_soft_jaccard_loss(e1, labels, margin), esj_definition(e2, labels, margin)
+        assert fast.dtype == torch.float64
+        assert fast.item() == pytest.approx(slow.item(), rel=1e-10, abs=1e-12)
+        fast.backward()
+        slow.backward()
+        torch.testing.assert_close(e1.grad, e2.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_esj_float32_far_from_the_origin_and_under_autocast():
+    """Float32 embeddings of a 512 × 512 crop (coordinates up to 511): the expanded squared
+    distance must not lose the loss or its gradient to cancellation, bfloat16 autocast included."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.zeros(1, 512, 512, dtype=torch.long)
+    for k, (y, x) in enumerate([(5, 5), (5, 500), (500, 5), (500, 500), (250, 250), (252, 262)], start=1):
+        labels[0, y:y + 9, x:x + 9] = k
+    base = torch.stack(torch.meshgrid(torch.arange(512.0), torch.arange(512.0), indexing="ij"))[None]
+    emb64 = base.double() + torch.randn((1, 2, 512, 512), generator=g, dtype=torch.float64)
+    e64 = emb64.clone().requires_grad_()
+    slow = esj_definition(e64, labels, 2.0)
+    slow.backward()
+    for autocast in (False, True):
+        e32 = emb64.float().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            fast = embedding_soft_jaccard_loss(e32, labels, 2.0)
+        assert fast.dtype == torch.float32
+        fast.backward()
+        assert fast.item() == pytest.approx(slow.item(), rel=1e-4)
+        torch.testing.assert_close(e32.grad.double(), e64.grad, rtol=1e-3, atol=1e-3 * e64.grad.abs().max().item())

@@ -13,6 +13,7 @@ from ._checks import check_number
 __all__ = ["soft_jaccard_loss", "embedding_soft_jaccard_loss", "RDCNetLoss", "sigma_from_margin"]
 
 EPS = 1e-6
+ESJ_CHUNK = 1 << 24  # elements of the (instances, pixels) matrix computed at once
 
 
 def sigma_from_margin(margin: float) -> float:
@@ -60,33 +61,42 @@ def embedding_soft_jaccard_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
         embeddings: (B, ndim, *S) in physical units.
         labels: (B, *S) instance labels (< 0 undefined, 0 background).
         margin: distance from a centroid at which P = 0.5, in the embeddings' units.
+
+    Computed without the (K, N, ndim) differences of the definition: the intersection of
+    instance k needs P only on k's own pixels (O(N)), and the sum of P(u=k) over all pixels takes
+    the squared distances from one matrix product, -|y - c|²/2σ² = [c/σ², -1/2σ², -|c|²/2σ²] ·
+    [y, |y|², 1], so that each (K, N) element is written once, exponentiated and summed (3× faster
+    than the definition, and its backward 5×, on 3D crops with hundreds of instances: NOTES.md,
+    "ESJ loss"). Embeddings are centred per image first (distances do not change) to keep the
+    cancellation in |y|² + |c|² - 2 y·c small; tests/test_losses.py checks it against the
+    definition.
     """
     _check(labels, embeddings, "embeddings")
-    inv_two_sigma2 = 1.0 / (2 * sigma_from_margin(margin) ** 2)
+    s = 1.0 / (2 * sigma_from_margin(margin) ** 2)
     B, ndim = embeddings.shape[:2]
-    total = embeddings.new_zeros(())
-    for b in range(B):
-        lab = labels[b].reshape(-1)
-        fg = lab > 0
-        if not bool(fg.any()):
-            continue
-        ids, index = torch.unique(lab[fg], return_inverse=True)
-        K = ids.numel()
-        emb = embeddings[b].reshape(ndim, -1)[:, fg].t()  # (N, ndim)
-        counts = torch.bincount(index, minlength=K).to(emb.dtype)
-        centroids = emb.new_zeros((K, ndim)).index_add_(0, index, emb) / counts[:, None]
-        # (K, N) squared distances, in chunks of instances to bound memory.
-        loss_b = emb.new_zeros(())
-        chunk = max(1, (1 << 24) // max(emb.shape[0], 1))
-        for k0 in range(0, K, chunk):
-            c = centroids[k0:k0 + chunk]
-            d2 = (emb[None, :, :] - c[:, None, :]).pow(2).sum(-1)
-            p = torch.exp(-d2 * inv_two_sigma2)
-            y = (index[None, :] == torch.arange(k0, k0 + c.shape[0], device=emb.device)[:, None]).to(p.dtype)
-            inter = (p * y).sum(1)
-            union = p.sum(1) + counts[k0:k0 + chunk] - inter
-            loss_b = loss_b + (1 - (inter + EPS) / (union + EPS)).sum()
-        total = total + loss_b / K
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    total = embeddings.new_zeros((), dtype=dtype)
+    with torch.autocast(embeddings.device.type, enabled=False):  # a half-precision product would cancel badly
+        for b in range(B):
+            lab = labels[b].reshape(-1)
+            fg = lab > 0
+            if not bool(fg.any()):
+                continue
+            ids, index = torch.unique(lab[fg], return_inverse=True)
+            K = ids.numel()
+            emb = embeddings[b].reshape(ndim, -1)[:, fg].t().to(dtype)  # (N, ndim)
+            emb = emb - emb.detach().mean(0)
+            counts = torch.bincount(index, minlength=K).to(dtype)
+            centroids = emb.new_zeros((K, ndim)).index_add_(0, index, emb) / counts[:, None]
+            own = torch.exp((emb - centroids[index]).pow(2).sum(1) * -s)  # P(u = k(u))
+            inter = emb.new_zeros(K).index_add_(0, index, own)
+            right = torch.cat([emb, emb.pow(2).sum(1, keepdim=True), emb.new_ones(emb.shape[0], 1)], 1).t()
+            left = torch.cat([centroids * (2 * s), centroids.new_full((K, 1), -s),
+                              centroids.pow(2).sum(1, keepdim=True) * -s], 1)
+            chunk = max(1, ESJ_CHUNK // emb.shape[0])  # (K, N) in chunks of instances to bound memory
+            p_sum = torch.cat([torch.exp(left[k0:k0 + chunk] @ right).sum(1) for k0 in range(0, K, chunk)])
+            union = p_sum + counts - inter
+            total = total + (1 - (inter + EPS) / (union + EPS)).sum() / K
     return total / B
 
 
