@@ -68,18 +68,19 @@ def make_plan(overrides, fp, data, budget):
                          sample=crop_sampler(data["train"], seed=0))
 
 
-def run_one(name, overrides, fp, data, spacing, budget, work: Path) -> dict:
+def run_one(name, plan, fp, data, spacing, work: Path) -> dict:
+    """Train with ``plan`` (made by :func:`make_plan`; its planning time counts in ``seconds``)
+    and score the best checkpoint on the test images."""
     import rdcnet
     from rdcnet.checkpoint import load_checkpoint
     from rdcnet.train import train
 
-    t0 = time.perf_counter()  # (the fingerprint, a few passes over the labels, is shared by the runs)
-    plan = make_plan(overrides, fp, data, budget)
+    t0 = time.perf_counter()
     cfg = plan.train_config(work / name, seed=0, device="cpu")
     torch.manual_seed(0)
     model = rdcnet.RDCNet(fp.ndim, fp.channels, spacing=spacing, **plan.model_kwargs())
     result = train(model, data["train"], data["val"], cfg, resume=False, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + plan.machine.get("planning_seconds", 0.0)
     model, post, _ = load_checkpoint(result.best_checkpoint)
     truths = [lab for _, lab in data["test"]]
     preds = [rdcnet.predict(model, im, post) for im, _ in data["test"]]
@@ -118,7 +119,7 @@ def grid(plan_values: dict, fp, ndim: int, old: bool = True):
 
 
 def main(argv=None) -> int:
-    from rdcnet.plan import fingerprint, plan_training
+    from rdcnet.plan import fingerprint
     from rdcnet import machine
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -126,54 +127,91 @@ def main(argv=None) -> int:
     p.add_argument("--sizes-2d", default="6,12,24,48")
     p.add_argument("--sizes-3d", default="12,24")
     p.add_argument("--images", default="16,4,8", help="training, validation, test images per data set")
-    p.add_argument("--seed", type=int, default=0, help="shifts the data sets' seeds (fresh images; default 0)")
+    p.add_argument("--seeds", default="0", help="comma-separated shifts of the data sets' seeds: one set of fresh "
+                                                "images (and one run per variant) per value; the summary averages "
+                                                "over them (default 0)")
+    p.add_argument("--seed", type=int, help="one data seed shift (the same as --seeds N)")
+    p.add_argument("--variants", help="run names to keep, separated by ';' (e.g. 'plan;factor 4,4'; default all)")
     p.add_argument("--out", help="Markdown file for the table (a .json beside it keeps every run)")
     args = p.parse_args(argv)
     n_train, n_val, n_test = (int(v) for v in args.images.split(","))
     sizes_2d = [int(v) for v in args.sizes_2d.split(",") if v]
     sizes_3d = [int(v) for v in args.sizes_3d.split(",") if v]
+    seeds = [args.seed] if args.seed is not None else [int(v) for v in args.seeds.split(",") if v]
+    keep = None if not args.variants else {v.strip() for v in args.variants.split(";") if v.strip()}
     work = Path(tempfile.mkdtemp(prefix="rdcnet-selfconfig-"))
     cpu = machine.cpu_description()
     lines = [f"Machine: {cpu['model']}, {torch.get_num_threads()} threads, torch {torch.__version__}; time budget "
-             f"{args.time:g} s per run; {n_train} training, {n_val} validation, {n_test} test images per data set.",
-             "", "| data | run | factor | margin | crop | width | steps | wall s | F1@0.5 | F1@0.9 | mean F1 0.5-0.9 |",
-             "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
+             f"{args.time:g} s per run; {n_train} training, {n_val} validation, {n_test} test images per data set; "
+             f"data seed shift(s) {', '.join(map(str, seeds))}.",
+             "", "| data | seed | run | factor | margin | crop | width | steps | wall s | F1@0.5 | F1@0.9 | mean F1 0.5-0.9 |",
+             "|---|---:|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
     records = []
     for label, spacing, make in datasets(sizes_2d, sizes_3d, n_train, n_val, n_test):
-        data = {"train": make(n_train, 11 + args.seed), "val": make(n_val, 22 + args.seed),
-                "test": make(n_test, 33 + args.seed)}
-        fp = fingerprint(data["train"] + data["val"], spacing)
-        first = make_plan({}, fp, data, args.time)
-        variants = {"plan": {}, **grid(first.values, fp, fp.ndim)}
-        # Plan every variant once untimed first: the sSDC path tuning of each new kind of call
-        # (cached on disk) then costs none of the runs below, whichever comes first.
-        for overrides in list(variants.values())[1:]:
-            make_plan(overrides, fp, data, args.time)
-        runs = [run_one(name, overrides, fp, data, spacing, args.time, work / label.replace(" ", "_"))
-                for name, overrides in variants.items()]
-        tuned = [r for r in runs if r["name"] != "old defaults"]
-        best = max(tuned, key=lambda r: r["mean"])
-        for r in runs:
-            s = r["settings"]
-            mark = " **best**" if r is best else ""
-            lines.append(f"| {label} | {r['name']}{mark} | {','.join(map(str, s['factor']))} | {s['margin']:g} | "
-                         f"{'×'.join(map(str, s['crop']))} | {s['groups']}×{s['channels_per_group']} | "
-                         f"{s['epochs'] * s['steps_per_epoch']}×{s['batch_size']} | {r['seconds']:.0f} | "
-                         f"{r['f1'][0]:.3f} | {r['f1'][-1]:.3f} | {r['mean']:.3f} |")
-        plan_run = runs[0]
-        old = next((r for r in runs if r["name"] == "old defaults"), None)
-        records.append({"data": label, "median_diameter": fp.diameter["median"] if fp.diameter else None,
-                        "runs": runs, "plan_minus_best": plan_run["mean"] - best["mean"],
-                        "plan_f1_09_minus_old": plan_run["f1"][-1] - old["f1"][-1] if old else None})
-        print("\n".join(lines[-len(runs):]), file=sys.stderr, flush=True)
-    lines += ["", "| data | median diameter (pixel units × spacing) | plan − best hand-tuned (mean F1) | plan − old defaults (F1@0.9) |",
-              "|---|---:|---:|---:|"]
+        by_seed = {}
+        for seed in seeds:
+            data = {"train": make(n_train, 11 + seed), "val": make(n_val, 22 + seed), "test": make(n_test, 33 + seed)}
+            fp = fingerprint(data["train"] + data["val"], spacing)
+            # One plan per variant, each used by its run (planning twice would measure twice, and
+            # the plan's own choices, e.g. the factor at 3D's few steps, could differ). The sSDC
+            # path tuning of each new kind of call happens in an untimed first plan (cached on disk).
+            make_plan({}, fp, data, args.time)
+            first = make_plan({}, fp, data, args.time)
+            variants = {"plan": {}, **grid(first.values, fp, fp.ndim)}
+            if keep is not None:
+                variants = {k: v for k, v in variants.items() if k in keep}
+            for overrides in [v for k, v in variants.items() if k != "plan"]:
+                make_plan(overrides, fp, data, args.time)
+            plans = {name: first if name == "plan" else make_plan(overrides, fp, data, args.time)
+                     for name, overrides in variants.items()}
+            runs = [run_one(name, plans[name], fp, data, spacing, work / f"{label.replace(' ', '_')}_{seed}")
+                    for name in variants]
+            by_seed[seed] = {"median_diameter": fp.diameter["median"] if fp.diameter else None, "runs": runs}
+            tuned = [r for r in runs if r["name"] != "old defaults"]
+            best = max(tuned, key=lambda r: r["mean"])
+            for r in runs:
+                s = r["settings"]
+                mark = " **best**" if r is best and len(tuned) > 1 else ""
+                lines.append(f"| {label} | {seed} | {r['name']}{mark} | {','.join(map(str, s['factor']))} | "
+                             f"{s['margin']:g} | {'×'.join(map(str, s['crop']))} | {s['groups']}×{s['channels_per_group']} | "
+                             f"{s['epochs'] * s['steps_per_epoch']}×{s['batch_size']} | {r['seconds']:.0f} | "
+                             f"{r['f1'][0]:.3f} | {r['f1'][-1]:.3f} | {r['mean']:.3f} |")
+            print("\n".join(lines[-len(runs):]), file=sys.stderr, flush=True)
+        records.append(summarise(label, by_seed))
+    lines += ["", "| data | median diameter (pixel units × spacing) | seeds | plan mean F1 | best hand-tuned (mean F1) | "
+                  "plan − best (mean F1) | per seed | plan − old defaults (F1@0.9) |",
+              "|---|---:|---:|---:|---|---:|---|---:|"]
     for rec in records:
-        lines.append(f"| {rec['data']} | {rec['median_diameter']:.1f} | {rec['plan_minus_best']:+.3f} | "
-                     f"{rec['plan_f1_09_minus_old']:+.3f} |")
+        old = "" if rec["plan_f1_09_minus_old"] is None else f"{rec['plan_f1_09_minus_old']:+.3f}"
+        best = "the plan" if rec["best"] == "plan" else f"{rec['best']} {rec['best_mean']:.3f}"
+        lines.append(f"| {rec['data']} | {rec['median_diameter']:.1f} | {len(rec['seeds'])} | {rec['plan_mean']:.3f} | "
+                     f"{best} | {rec['plan_minus_best']:+.3f} | "
+                     f"{' '.join(f'{v:+.3f}' for v in rec['plan_minus_best_per_seed'])} | {old} |")
     if args.out:
         Path(args.out).with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
     return finish(lines, args.out, "self_config.py", argv)
+
+
+def summarise(label: str, by_seed: dict) -> dict:
+    """Per variant, the mean over the data seeds; the plan against the best hand-tuned variant
+    (by that mean) and the old defaults."""
+    names = list(dict.fromkeys(r["name"] for s in by_seed.values() for r in s["runs"]))
+    mean = {n: float(np.mean([r["mean"] for s in by_seed.values() for r in s["runs"] if r["name"] == n]))
+            for n in names}
+    f1_09 = {n: float(np.mean([r["f1"][-1] for s in by_seed.values() for r in s["runs"] if r["name"] == n]))
+             for n in names}
+    tuned = [n for n in names if n != "old defaults"]
+    best = max(tuned, key=lambda n: mean[n])
+    per_seed = []
+    for s in by_seed.values():
+        means = {r["name"]: r["mean"] for r in s["runs"]}
+        per_seed.append(means.get("plan", float("nan")) - means.get(best, float("nan")))
+    return {"data": label, "seeds": list(by_seed), "median_diameter": next(iter(by_seed.values()))["median_diameter"],
+            "runs": {str(k): v["runs"] for k, v in by_seed.items()}, "mean_f1": mean, "f1_09": f1_09,
+            "best": best, "best_mean": mean[best], "plan_mean": mean.get("plan", float("nan")),
+            "plan_minus_best": mean.get("plan", float("nan")) - mean[best], "plan_minus_best_per_seed": per_seed,
+            "plan_f1_09_minus_old": (f1_09["plan"] - f1_09["old defaults"]
+                                     if "plan" in f1_09 and "old defaults" in f1_09 else None)}
 
 
 if __name__ == "__main__":

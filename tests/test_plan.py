@@ -114,9 +114,10 @@ NO_TIME = {"epochs": 1, "steps_per_epoch": 1}  # no time budget: nothing measure
 
 @pytest.mark.parametrize("name, shape, radius, spacing, factor, margin", [
     ("small 2D objects", (128, 128), 3.0, None, [2, 2], (1.9, 2.1)),   # margin: at least 2 pixels
-    ("nuclei 2D", (256, 256), 8.0, None, [8, 8], (5.0, 5.6)),
+    ("nuclei 2D", (256, 256), 8.0, None, [4, 4], (5.0, 5.6)),    # 8 would leave 2 coarse px: capped at 4
     ("big 2D objects", (512, 512), 22.0, None, [8, 8], (14, 16)),
-    ("anisotropic 3D", (24, 160, 160), 3.5, (2.0, 0.26, 0.26), [1, 8, 8], (2.2, 2.4)),
+    ("anisotropic 3D", (24, 160, 160), 3.5, (2.0, 0.26, 0.26), [1, 4, 4], (2.2, 2.4)),
+    ("big anisotropic 3D", (24, 256, 256), 6.0, (2.0, 0.26, 0.26), [1, 8, 8], (3.8, 4.2)),
     ("isotropic 3D", (64, 64, 64), 6.0, None, [4, 4, 4], (3.8, 4.2)),
 ])
 def test_plan_rules_follow_object_size(name, shape, radius, spacing, factor, margin):
@@ -149,7 +150,7 @@ def test_precision_is_planned_from_the_hardware(monkeypatch, native, precision, 
 
 
 def test_bigger_objects_get_bigger_settings():
-    plans = [plan_training(fingerprint([(None, disc_grid((256, 256), r))]), NO_TIME, device="cpu") for r in (3, 6, 12)]
+    plans = [plan_training(fingerprint([(None, disc_grid((256, 256), r))]), NO_TIME, device="cpu") for r in (3, 6, 20)]
     for key in ("margin", "min_votes"):
         values = [p.values[key] for p in plans]
         assert values == sorted(values) and values[0] < values[-1], (key, values)
@@ -247,6 +248,40 @@ def test_narrower_models_for_a_short_budget(small_pairs):
     calls.clear()
     plan = plan_training(fp, {"time": "10h"}, device="cpu", measure=measure)
     assert calls == [(8, 16)] and plan.values["groups"] == 8
+
+
+def test_factor_8_needs_4_coarse_px_unless_the_budget_is_starved():
+    """Factor 8 only where a median object stays >= 4 coarse px wide, else 4 (2D, 24 px: 4 beat 8
+    by 0.087 over three seeds); but 8 where the budget allows fewer than 500 steps at 4 and 8 gets
+    more (3D, 24 px, 5 minutes on 2 cores)."""
+    fp = fingerprint([(None, disc_grid((256, 256), 12))])  # median extent 25 px: 8 would leave 3 coarse px
+    plan = plan_training(fp, NO_TIME, device="cpu")
+    assert plan.values["factor"] == [4, 4] and ">= 4 at factor 8" in plan.reasons["factor"]
+    big = plan_training(fingerprint([(None, disc_grid((256, 256), 22))]), NO_TIME, device="cpu")
+    assert big.values["factor"] == [8, 8]
+
+    def plan_with(seconds, budget, **options):
+        factors = []
+
+        def measure(values, device):
+            factors.append(tuple(values["factor"]))
+            return {"step_seconds": seconds[values["factor"][0]], "forward_seconds_per_pixel": 1e-8}
+
+        return plan_training(fp, dict(options, time=budget), device="cpu", measure=measure), sorted(set(factors))
+
+    plan, measured = plan_with({4: 0.1, 8: 0.05}, "10m")  # thousands of steps at 4: 8 is not tried
+    assert measured == [(4, 4)] and plan.values["factor"] == [4, 4] and plan.sources["factor"] == "data"
+    plan, measured = plan_with({4: 0.1, 8: 0.05}, "30s")  # under 500 at 4, twice as many at 8
+    assert measured == [(4, 4), (8, 8)] and plan.values["factor"] == [8, 8]
+    assert plan.sources["factor"] == "machine" and "would fit only" in plan.reasons["factor"]
+    assert plan.machine["finer_factor"]["factor"] == [4, 4] and plan.machine["step_seconds"] == 0.05
+    assert plan.values["epochs"] * plan.values["steps_per_epoch"] > plan.machine["finer_factor"]["steps"]
+    plan, measured = plan_with({4: 0.1, 8: 0.2}, "30s")  # 8 no faster: 4 stays, re-planned for the time spent
+    assert measured == [(4, 4), (8, 8)] and plan.values["factor"] == [4, 4] and plan.sources["factor"] == "data"
+    assert plan.machine["coarser_factor"]["factor"] == [8, 8] and plan.machine["step_seconds"] == 0.1
+    assert plan.machine["planned_seconds"] <= 30
+    plan, measured = plan_with({4: 0.1, 8: 0.05}, "30s", factor=[4, 4])  # an explicit factor stays
+    assert measured == [(4, 4)] and plan.sources["factor"] == "option"
 
 
 def test_parse_duration():

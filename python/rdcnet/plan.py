@@ -49,6 +49,8 @@ PLANNED = ("margin", "factor", "crop", "dilations", "groups", "channels_per_grou
 #: self_config.py: 2 won against 4 at diameters 6 and 24 px, tied at 12); on a GPU, unmeasured, the
 #: finer map that draws better borders at equal steps (benchmarks/boundaries.py) is kept.
 MIN_COARSE_WIDTH = {"cpu": 2, "cuda": 4}
+WIDE_FACTOR, WIDE_FACTOR_WIDTH = 8, 4  # factor 8 only where the median object stays >= 4 coarse px wide ...
+STARVED_STEPS = 500       # ... or where the budget allows fewer steps than this at factor 4
 MIN_MARGIN_PX = 2.0       # the margin spans at least this many of the finest pixels
 MAX_FACTOR = 8
 CROP_OBJECTS = 6          # median objects across a crop, per axis
@@ -542,7 +544,7 @@ def _available(budget: float, machine: dict) -> float:
 
 def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="auto", val_pixels: int = 0,
                   sample: Optional[Callable] = None, measure: Optional[Callable] = None,
-                  clock: Callable[[], float] = time.perf_counter) -> Plan:
+                  clock: Callable[[], float] = time.perf_counter, _started: Optional[float] = None) -> Plan:
     """Plan the training of an RDCNet on data with fingerprint ``fp``.
 
     ``overrides``: explicit settings (names of :data:`PLANNED`, None = plan it); ``time`` is the
@@ -558,7 +560,12 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
       pixels, w = 2 on a CPU, 4 on a GPU: the network decides at the coarse scale, and fewer
       coarse pixels across an object blur its centre and border, but within a CPU's minutes the
       steps a coarser map buys count for more (benchmarks/self_config.py). Axes sampled coarsely
-      (z of a light-sheet stack) get 1.
+      (z of a light-sheet stack) get 1. Factor 8 only where the object stays >= 4 coarse px
+      wide (else 4): at 8 the stem packs 64 pixels into each coarse cell, and 2D objects of 24
+      px scored 0.087 higher in mean F1 at factor 4 than at 8 over three seeds, 75 s each
+      (benchmarks/README.md, "Self-configuration"; why is a hypothesis, not analysed). Unless
+      the budget allows fewer than 500 steps at 4: then 8, if it gets more steps
+      (:func:`_coarser_if_starved`; 3D at 24 px on 2 cores).
     - margin = d / 3, at least the largest pixel size (so the peak window, whose half-size is the
       margin, spans a pixel on every axis) and two of the finest pixels, and at most 0.45 d: two
       touching objects have centres about d apart, and with a perfect loss centres are at least
@@ -583,7 +590,7 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
 
     from ._checks import resolve_device
 
-    started = clock()
+    started = clock() if _started is None else _started
     options = _check_overrides(overrides)
     dev = resolve_device(device, "device")
     kind = "cuda" if dev.type == "cuda" else "cpu"
@@ -595,6 +602,7 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
     median_image = fp.image_shape["median"]
     p = _Planner(options)
     extent = fp.extent_px() if has_objects else None
+    by_width = {}  # the factor of the coarse-width rule alone, before the cap at factor 4
 
     def factor_rule():
         if not has_objects:
@@ -602,8 +610,13 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
         width = MIN_COARSE_WIDTH[kind]
         f = [min(_pow2_at_most(e / width, MAX_FACTOR), _pow2_at_most(n / MIN_COARSE_CROP, MAX_FACTOR))
              for e, n in zip(extent, median_image)]
-        return f, "data", (f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {width} "
-                           "coarse px across")
+        why = f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {width} coarse px across"
+        wide = [WIDE_FACTOR // 2 if v == WIDE_FACTOR and e / WIDE_FACTOR < WIDE_FACTOR_WIDTH else v
+                for v, e in zip(f, extent)]
+        if wide != f:
+            why += f", >= {WIDE_FACTOR_WIDTH} at factor {WIDE_FACTOR}"
+            by_width["factor"] = f
+        return wide, "data", why
 
     factor = p.set("factor", factor_rule)
     if len(factor) != ndim:
@@ -755,7 +768,40 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
     else:
         p.set("epochs", lambda: (None, "option", ""))
         p.set("steps_per_epoch", lambda: (None, "option", ""))
-    return Plan(p.values, p.sources, p.reasons, fp, machine)
+    plan = Plan(p.values, p.sources, p.reasons, fp, machine)
+    if budget_needed and has_objects and "factor" not in options and _started is None:
+        coarser = by_width.get("factor", factor)
+        if coarser != factor and plan.values["epochs"] * plan.values["steps_per_epoch"] < STARVED_STEPS:
+            plan = _coarser_if_starved(plan, coarser, fp, overrides, device=device, val_pixels=val_pixels,
+                                       sample=sample, measure=measure, clock=clock, started=started)
+    return plan
+
+
+def _coarser_if_starved(plan: Plan, coarser, fp, overrides, *, started, **kwargs) -> Plan:
+    """The plan at factor 8 where :data:`WIDE_FACTOR_WIDTH` kept it at 4 but the budget allows
+    fewer than :data:`STARVED_STEPS` steps there: with so few steps, the steps a coarser map buys
+    count for more than its borders (3D, 24 px nuclei, 5 minutes on 2 cores: 2×8×8 scored 0.31
+    in mean F1 at 130 steps, 2×4×4 0.10 at 108; benchmarks/README.md, "Self-configuration").
+    Kept only if it does get more steps."""
+    wide = plan_training(fp, dict(overrides or {}, factor=coarser), _started=started, **kwargs)
+    n_plan = plan.values["epochs"] * plan.values["steps_per_epoch"]
+    n_wide = wide.values["epochs"] * wide.values["steps_per_epoch"]
+    plan_text, wide_text = ("×".join(map(str, v)) for v in (plan.values["factor"], coarser))
+    if n_wide > n_plan:
+        wide.sources["factor"] = "machine"
+        wide.reasons["factor"] = (f"{plan.reasons['factor']}; but {plan_text} would fit only {n_plan} steps in the "
+                                  f"budget, {wide_text} {n_wide}")
+        wide.machine["finer_factor"] = {"factor": plan.values["factor"], "steps": n_plan}
+        return wide
+    # Measuring the coarser factor took time from the budget too: re-plan the schedule.
+    m, options = plan.machine, _check_overrides(overrides)
+    m["planning_seconds"] = kwargs["clock"]() - started
+    m["coarser_factor"] = {"factor": list(coarser), "steps": n_wide}
+    epochs, steps = schedule(_available(plan.values["time"], m), m["step_seconds"], m["validation_seconds"],
+                             options.get("epochs"), options.get("steps_per_epoch"))
+    plan.values["epochs"], plan.values["steps_per_epoch"] = epochs, steps
+    m["planned_seconds"] = epochs * (steps * m["step_seconds"] + m["validation_seconds"])
+    return plan
 
 
 # ---- measuring the step time -------------------------------------------------------------------
