@@ -536,6 +536,23 @@ def schedule(available: float, step_seconds: float, validation_seconds: float, e
     return max(1, int(epochs)), max(1, int(steps))
 
 
+def _schedule_for(budget: float, machine: dict, options: dict):
+    """(epochs, steps per epoch) for ``budget`` on a measured ``machine``; given options fixed."""
+    return schedule(_available(budget, machine), machine["step_seconds"], machine["validation_seconds"],
+                    options.get("epochs"), options.get("steps_per_epoch"))
+
+
+def _planned_seconds(epochs: int, steps: int, machine: dict) -> float:
+    return epochs * (steps * machine["step_seconds"] + machine["validation_seconds"])
+
+
+def _width_factor(extent, median_image, width: float) -> list:
+    """Per axis, the largest power of two (at most :data:`MAX_FACTOR`) leaving ``width`` coarse
+    pixels across the median object and :data:`MIN_COARSE_CROP` across the median image."""
+    return [min(_pow2_at_most(e / width, MAX_FACTOR), _pow2_at_most(n / MIN_COARSE_CROP, MAX_FACTOR))
+            for e, n in zip(extent, median_image)]
+
+
 def _available(budget: float, machine: dict) -> float:
     """Seconds of the budget left for training and validation: minus the planning itself and the
     decoding tuning at the end."""
@@ -602,20 +619,17 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
     median_image = fp.image_shape["median"]
     p = _Planner(options)
     extent = fp.extent_px() if has_objects else None
-    by_width = {}  # the factor of the coarse-width rule alone, before the cap at factor 4
 
     def factor_rule():
         if not has_objects:
             return ([1, 4, 4] if ndim == 3 else [4, 4]), "default", "paper (no objects to measure)"
         width = MIN_COARSE_WIDTH[kind]
-        f = [min(_pow2_at_most(e / width, MAX_FACTOR), _pow2_at_most(n / MIN_COARSE_CROP, MAX_FACTOR))
-             for e, n in zip(extent, median_image)]
+        f = _width_factor(extent, median_image, width)
         why = f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {width} coarse px across"
         wide = [WIDE_FACTOR // 2 if v == WIDE_FACTOR and e / WIDE_FACTOR < WIDE_FACTOR_WIDTH else v
                 for v, e in zip(f, extent)]
         if wide != f:
             why += f", >= {WIDE_FACTOR_WIDTH} at factor {WIDE_FACTOR}"
-            by_width["factor"] = f
         return wide, "data", why
 
     factor = p.set("factor", factor_rule)
@@ -740,8 +754,7 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
         machine["validation_seconds"] = val_pixels * (1.3 * fwd + DECODE_SECONDS_PER_PIXEL)
         machine["tuning_seconds"] = val_pixels * (9 * fwd + 2 * TUNING_DECODINGS * DECODE_SECONDS_PER_PIXEL)
         machine["planning_seconds"] = clock() - started
-        epochs, steps = schedule(_available(p.values["time"], machine), machine["step_seconds"],
-                                 machine["validation_seconds"], options.get("epochs"), options.get("steps_per_epoch"))
+        epochs, steps = _schedule_for(p.values["time"], machine, options)
         snapshot = (dict(p.values), dict(p.sources), dict(p.reasons), dict(machine), epochs, steps)
         if previous is not None and machine["step_seconds"] > NARROWER_GAIN * previous[3]["step_seconds"]:
             snapshot = previous  # narrower but hardly faster (per-step overheads): keep the wider model
@@ -755,13 +768,11 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
         p.sources.update(sources)
         p.reasons.update(reasons)
         machine["planning_seconds"] = clock() - started  # every measurement, the discarded ones too
-        epochs, steps = schedule(_available(p.values["time"], machine), machine["step_seconds"],
-                                 machine["validation_seconds"], options.get("epochs"), options.get("steps_per_epoch"))
+        epochs, steps = _schedule_for(p.values["time"], machine, options)
         why = f"fill {format_duration(p.values['time'])} at {machine['step_seconds']:.3g} s per step"
         p.set("epochs", lambda: (epochs, "machine", why))
         p.set("steps_per_epoch", lambda: (steps, "machine", why))
-        machine["planned_seconds"] = (p.values["epochs"] * (p.values["steps_per_epoch"] * machine["step_seconds"]
-                                                            + machine["validation_seconds"]))
+        machine["planned_seconds"] = _planned_seconds(p.values["epochs"], p.values["steps_per_epoch"], machine)
         if _available(p.values["time"], machine) < machine["step_seconds"] + machine["validation_seconds"]:
             warnings.warn(f"time: {format_duration(p.values['time'])} is too short for this data on {dev} "
                           f"(a step takes {machine['step_seconds']:.2g} s); training 1 epoch of 1 step", stacklevel=2)
@@ -770,20 +781,20 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
         p.set("steps_per_epoch", lambda: (None, "option", ""))
     plan = Plan(p.values, p.sources, p.reasons, fp, machine)
     if budget_needed and has_objects and "factor" not in options and _started is None:
-        coarser = by_width.get("factor", factor)
+        coarser = _width_factor(extent, median_image, MIN_COARSE_WIDTH[kind])  # before the cap at factor 4
         if coarser != factor and plan.values["epochs"] * plan.values["steps_per_epoch"] < STARVED_STEPS:
-            plan = _coarser_if_starved(plan, coarser, fp, overrides, device=device, val_pixels=val_pixels,
+            plan = _coarser_if_starved(plan, coarser, fp, options, device=device, val_pixels=val_pixels,
                                        sample=sample, measure=measure, clock=clock, started=started)
     return plan
 
 
-def _coarser_if_starved(plan: Plan, coarser, fp, overrides, *, started, **kwargs) -> Plan:
+def _coarser_if_starved(plan: Plan, coarser, fp, options: dict, *, started, **kwargs) -> Plan:
     """The plan at factor 8 where :data:`WIDE_FACTOR_WIDTH` kept it at 4 but the budget allows
     fewer than :data:`STARVED_STEPS` steps there: with so few steps, the steps a coarser map buys
     count for more than its borders (3D, 24 px nuclei, 5 minutes on 2 cores: 2×8×8 scored 0.31
     in mean F1 at 130 steps, 2×4×4 0.10 at 108; benchmarks/README.md, "Self-configuration").
     Kept only if it does get more steps."""
-    wide = plan_training(fp, dict(overrides or {}, factor=coarser), _started=started, **kwargs)
+    wide = plan_training(fp, dict(options, factor=coarser), _started=started, **kwargs)
     n_plan = plan.values["epochs"] * plan.values["steps_per_epoch"]
     n_wide = wide.values["epochs"] * wide.values["steps_per_epoch"]
     plan_text, wide_text = ("×".join(map(str, v)) for v in (plan.values["factor"], coarser))
@@ -794,13 +805,12 @@ def _coarser_if_starved(plan: Plan, coarser, fp, overrides, *, started, **kwargs
         wide.machine["finer_factor"] = {"factor": plan.values["factor"], "steps": n_plan}
         return wide
     # Measuring the coarser factor took time from the budget too: re-plan the schedule.
-    m, options = plan.machine, _check_overrides(overrides)
+    m = plan.machine
     m["planning_seconds"] = kwargs["clock"]() - started
     m["coarser_factor"] = {"factor": list(coarser), "steps": n_wide}
-    epochs, steps = schedule(_available(plan.values["time"], m), m["step_seconds"], m["validation_seconds"],
-                             options.get("epochs"), options.get("steps_per_epoch"))
+    epochs, steps = _schedule_for(plan.values["time"], m, options)
     plan.values["epochs"], plan.values["steps_per_epoch"] = epochs, steps
-    m["planned_seconds"] = epochs * (steps * m["step_seconds"] + m["validation_seconds"])
+    m["planned_seconds"] = _planned_seconds(epochs, steps, m)
     return plan
 
 
