@@ -2,6 +2,7 @@
 budget, resuming with a plan, option-free training from the command line, and the decoding tuned
 on validation (foreground threshold, opening, test-time augmentation)."""
 
+import importlib
 import json
 import math
 import warnings
@@ -16,7 +17,7 @@ from rdcnet.model import RDCNet, RDCNetOutput
 from rdcnet.plan import Plan, fingerprint, parse_duration, plan_training, schedule
 from rdcnet.postprocess import PostprocessConfig, foreground, labels_from_output
 from rdcnet.predict import predict, predict_output, prepare_image
-from rdcnet.train import load_checkpoint
+from rdcnet.train import TrainConfig, load_checkpoint
 
 TINY_WIDTH = {"groups": 2, "channels_per_group": 4, "downsampling_channels": 4, "iterations": 1}
 
@@ -113,12 +114,12 @@ NO_TIME = {"epochs": 1, "steps_per_epoch": 1}  # no time budget: nothing measure
 
 
 @pytest.mark.parametrize("name, shape, radius, spacing, factor, margin", [
-    ("small 2D objects", (128, 128), 3.0, None, [2, 2], (1.9, 2.1)),   # margin: at least 2 pixels
-    ("nuclei 2D", (256, 256), 8.0, None, [4, 4], (5.0, 5.6)),    # 8 would leave 2 coarse px: capped at 4
+    ("small 2D objects", (128, 128), 3.0, None, [2, 2], (1.9, 2.1)),   # 1 would keep 4 coarse px; margin >= 2 px
+    ("nuclei 2D", (256, 256), 8.0, None, [4, 4], (5.0, 5.6)),    # 8 would leave 2 coarse px
     ("big 2D objects", (512, 512), 22.0, None, [8, 8], (14, 16)),
     ("anisotropic 3D", (24, 160, 160), 3.5, (2.0, 0.26, 0.26), [1, 4, 4], (2.2, 2.4)),
     ("big anisotropic 3D", (24, 256, 256), 6.0, (2.0, 0.26, 0.26), [1, 8, 8], (3.8, 4.2)),
-    ("isotropic 3D", (64, 64, 64), 6.0, None, [4, 4, 4], (3.8, 4.2)),
+    ("isotropic 3D", (64, 64, 64), 6.0, None, [2, 2, 2], (3.8, 4.2)),  # 13 px: 4 would leave 3 coarse px
 ])
 def test_plan_rules_follow_object_size(name, shape, radius, spacing, factor, margin):
     fp = fingerprint([(None, disc_grid(shape, radius, spacing=spacing))], spacing=spacing)
@@ -150,7 +151,7 @@ def test_precision_is_planned_from_the_hardware(monkeypatch, native, precision, 
 
 
 def test_bigger_objects_get_bigger_settings():
-    plans = [plan_training(fingerprint([(None, disc_grid((256, 256), r))]), NO_TIME, device="cpu") for r in (3, 6, 20)]
+    plans = [plan_training(fingerprint([(None, disc_grid((256, 256), r))]), NO_TIME, device="cpu") for r in (3, 9, 20)]
     for key in ("margin", "min_votes"):
         values = [p.values[key] for p in plans]
         assert values == sorted(values) and values[0] < values[-1], (key, values)
@@ -250,13 +251,19 @@ def test_narrower_models_for_a_short_budget(small_pairs):
     assert calls == [(8, 16)] and plan.values["groups"] == 8
 
 
-def test_factor_8_needs_4_coarse_px_unless_the_budget_is_starved():
-    """Factor 8 only where a median object stays >= 4 coarse px wide, else 4 (2D, 24 px: 4 beat 8
-    by 0.087 over three seeds); but 8 where the budget allows fewer than 500 steps at 4 and 8 gets
-    more (3D, 24 px, 5 minutes on 2 cores)."""
+def test_factor_keeps_4_coarse_px_unless_the_budget_is_starved():
+    """The factor keeps >= 4 coarse px across a median object (2D, 75 s: 2 beat 4 at 12 px, 4 beat
+    8 at 24 px), at least 2 where that keeps 2 (6 px: 2 beat 1); but where the budget allows
+    fewer than 750 steps, the factor keeping 2 coarse px if it gets more (3D, 5 minutes)."""
     fp = fingerprint([(None, disc_grid((256, 256), 12))])  # median extent 25 px: 8 would leave 3 coarse px
     plan = plan_training(fp, NO_TIME, device="cpu")
-    assert plan.values["factor"] == [4, 4] and ">= 4 at factor 8" in plan.reasons["factor"]
+    assert plan.values["factor"] == [4, 4] and ">= 4 coarse px" in plan.reasons["factor"]
+    twelve = plan_training(fingerprint([(None, disc_grid((256, 256), 6))]), NO_TIME, device="cpu")
+    assert twelve.values["factor"] == [2, 2]  # 13 px
+    small = plan_training(fingerprint([(None, disc_grid((128, 128), 2.5))]), NO_TIME, device="cpu")
+    assert small.values["factor"] == [2, 2] and "factor 2 where that leaves >= 2" in small.reasons["factor"]
+    tiny = plan_training(fingerprint([(None, disc_grid((128, 128), 1.0))]), NO_TIME, device="cpu")
+    assert tiny.values["factor"] == [1, 1]  # 3 px: 2 would leave 1.5 coarse px
     big = plan_training(fingerprint([(None, disc_grid((256, 256), 22))]), NO_TIME, device="cpu")
     assert big.values["factor"] == [8, 8]
 
@@ -271,7 +278,7 @@ def test_factor_8_needs_4_coarse_px_unless_the_budget_is_starved():
 
     plan, measured = plan_with({4: 0.1, 8: 0.05}, "10m")  # thousands of steps at 4: 8 is not tried
     assert measured == [(4, 4)] and plan.values["factor"] == [4, 4] and plan.sources["factor"] == "data"
-    plan, measured = plan_with({4: 0.1, 8: 0.05}, "30s")  # under 500 at 4, twice as many at 8
+    plan, measured = plan_with({4: 0.1, 8: 0.05}, "30s")  # under 750 at 4, twice as many at 8
     assert measured == [(4, 4), (8, 8)] and plan.values["factor"] == [8, 8]
     assert plan.sources["factor"] == "machine" and "would fit only" in plan.reasons["factor"]
     assert plan.machine["finer_factor"]["factor"] == [4, 4] and plan.machine["step_seconds"] == 0.05
@@ -292,6 +299,81 @@ def test_parse_duration():
             parse_duration(bad)
     with pytest.raises(TypeError, match="time"):
         parse_duration([3])
+
+
+def test_epochs_within_a_time_limit():
+    from rdcnet.train import epochs_within
+
+    assert epochs_within(8.0, 4.0, 1, 4) == 2      # 4 s per epoch: one more fits
+    assert epochs_within(8.0, 2.4, 2, 4) == 6      # 1.2 s per epoch: four more
+    assert epochs_within(8.0, 10.0, 2, 4) == 2     # over the limit: stop now
+    assert epochs_within(100.0, 1.0, 1, 4) == 8    # at most twice the planned epochs
+    assert epochs_within(8.0, 0.0, 1, 4) == 8      # (a clock that did not move)
+
+
+def run_paced(tmp_path, name, step_seconds, monkeypatch, *, time_limit=8.0, stop_at=None):
+    """A tiny run of 4 planned epochs of 2 steps on a simulated clock that advances
+    ``step_seconds`` per training step (validation takes no time); ``stop_at``: interrupt at
+    that step."""
+    T = importlib.import_module("rdcnet.train")  # the module (rdcnet.train is also the function)
+    clock = {"t": 0.0, "steps": 0, "updates": []}
+    monkeypatch.setattr(T, "_clock", lambda: clock["t"])
+
+    def tick(update):
+        clock["t"] += step_seconds
+        clock["steps"] += 1
+        clock["updates"].append(update)
+        if clock["steps"] == stop_at:
+            raise KeyboardInterrupt
+
+    pairs = nuclei_2d(2, (32, 32), seed=3)
+    cfg = T.TrainConfig(out_dir=str(tmp_path / name), crop=(32, 32), epochs=4, steps_per_epoch=2, time_limit=time_limit,
+                        tune_postprocess=False, device="cpu", augment="none")
+    torch.manual_seed(0)
+    model = RDCNet(2, 1, factor=4, **TINY_WIDTH)
+    return T.train(model, pairs, pairs, cfg, progress=False, callback=tick), clock
+
+
+def test_a_time_limited_run_follows_its_own_pace(tmp_path, monkeypatch):
+    """With a time limit the epochs follow the run's pace (a mocked clock): a machine twice as
+    slow as planned trains 2 epochs, a faster one 6, each with the cosine ending at lr_min; an
+    interrupted run resumes with the epochs it had counted and the seconds it had spent."""
+    slow, clock = run_paced(tmp_path, "slow", 2.0, monkeypatch)  # 4 s per epoch: 2 fit in 8 s
+    assert len(slow.history) == 2 and clock["t"] == 8.0
+    assert slow.history[-1]["lr"] == pytest.approx(1e-5)
+    assert clock["updates"][-1]["epochs"] == 2 and clock["updates"][-1]["steps"] == 4
+    fast, clock = run_paced(tmp_path, "fast", 0.6, monkeypatch)  # 1.2 s per epoch: 6 fit
+    assert len(fast.history) == 6 and clock["t"] <= 8.0
+    assert fast.history[-1]["lr"] == pytest.approx(1e-5)
+    assert fast.history[0]["lr"] > fast.history[1]["lr"] > fast.history[-1]["lr"]
+    untimed, _ = run_paced(tmp_path, "untimed", 2.0, monkeypatch, time_limit=None)
+    assert len(untimed.history) == 4  # no limit: exactly the epochs asked for
+    ckpt = torch.load(tmp_path / "fast" / "last.pt", weights_only=True)
+    assert ckpt["run_epochs"] == 6 and ckpt["loop_seconds"] == pytest.approx(7.2)
+    assert ckpt["train_config"]["epochs"] == 4 and ckpt["train_config"]["time_limit"] == 8.0
+    # Interrupted in its fourth epoch, resumed: the same 6 epochs and the same weights.
+    with pytest.raises(KeyboardInterrupt):
+        run_paced(tmp_path, "resumed", 0.6, monkeypatch, stop_at=7)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 2
+    resumed, _ = run_paced(tmp_path, "resumed", 0.6, monkeypatch)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in fast.history]
+    with pytest.raises(ValueError, match="time_limit: expected a number > 0"):
+        TrainConfig(time_limit=0)
+
+
+def test_a_planned_run_gets_the_budget_as_its_time_limit():
+    fp = fingerprint([(None, disc_grid((128, 128), 6))])
+    speed = lambda v, d: {"step_seconds": 0.01, "forward_seconds_per_pixel": 0.0}  # noqa: E731
+    plan = plan_training(fp, {"time": "1m"}, device="cpu", measure=speed)
+    limit = plan.train_config("run").time_limit
+    assert limit == pytest.approx(60 - plan.machine["planning_seconds"] - plan.machine["tuning_seconds"])
+    assert plan.machine["planned_seconds"] <= limit
+    given = plan_training(fp, {"time": "1m", "epochs": 3}, device="cpu", measure=speed)
+    assert given.train_config("run").time_limit is None  # explicit epochs are kept as given
+    steps_given = plan_training(fp, {"time": "1m", "steps_per_epoch": 7}, device="cpu", measure=speed)
+    assert steps_given.train_config("run").time_limit is not None
+    assert plan_training(fp, NO_TIME, device="cpu").train_config("run").time_limit is None
 
 
 def test_plan_json_round_trip_and_options(tmp_path):

@@ -44,13 +44,14 @@ PLANNED = ("margin", "factor", "crop", "dilations", "groups", "channels_per_grou
            "min_distance", "min_votes", "opening_radius", "foreground_threshold")
 
 # ---- the rules' constants (reasons in plan_training's docstring) ----------------------------------
-#: coarse pixels across a median object, at least, per device. On a CPU's minutes a coarser map
-#: (more steps, a wider model) beat a finer one at every object size measured (benchmarks/
-#: self_config.py: 2 won against 4 at diameters 6 and 24 px, tied at 12); on a GPU, unmeasured, the
-#: finer map that draws better borders at equal steps (benchmarks/boundaries.py) is kept.
-MIN_COARSE_WIDTH = {"cpu": 2, "cuda": 4}
-WIDE_FACTOR, WIDE_FACTOR_WIDTH = 8, 4  # factor 8 only where the median object stays >= 4 coarse px wide ...
-STARVED_STEPS = 500       # ... or where the budget allows fewer steps than this at factor 4
+#: coarse pixels across a median object the factor aims for: 4 (2D, 75 s on 2 cores: factor 2 beat
+#: 4 at 12 px, 4 beat 8 at 24 px, 8 beat 4 at 48 px; benchmarks/README.md, "Self-configuration") ...
+COARSE_WIDTH = 4
+#: ... but the factor is at least 2 where that leaves this many (6 px: 2 beat 1), and a budget of
+#: fewer than STARVED_STEPS steps takes the factor of this width if it gets more steps (3D, 5 min:
+#: 1x4x4 beat 1x2x2 at 12 px, 2x8x8 beat 2x4x4 at 24 px; the 2D runs above had 1100 steps or more).
+MIN_COARSE_WIDTH = 2
+STARVED_STEPS = 750
 MIN_MARGIN_PX = 2.0       # the margin spans at least this many of the finest pixels
 MAX_FACTOR = 8
 CROP_OBJECTS = 6          # median objects across a crop, per axis
@@ -360,7 +361,16 @@ class Plan:
         v = self.values
         return TrainConfig(out_dir=str(out_dir), margin=v["margin"], crop=tuple(v["crop"]), epochs=v["epochs"],
                            steps_per_epoch=v["steps_per_epoch"], batch_size=v["batch_size"], lr=v["lr"],
-                           augment=v["augment"], amp=self.amp(), postprocess=self.postprocess(), **settings)
+                           augment=v["augment"], amp=self.amp(), postprocess=self.postprocess(),
+                           time_limit=self.time_limit(), **settings)
+
+    def time_limit(self) -> Optional[float]:
+        """Seconds the epochs may take (:attr:`rdcnet.train.TrainConfig.time_limit`: the epochs then
+        follow the run's own pace): the budget less the planning and the decoding tuning; None
+        when the epochs were given rather than planned for a budget."""
+        if self.values.get("time") is None or self.sources.get("epochs") != "machine" or "step_seconds" not in self.machine:
+            return None
+        return max(_available(self.values["time"], self.machine), 1e-3)
 
     def to_dict(self) -> dict:
         from .train import _plain
@@ -573,16 +583,16 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
 
     The rules (d = median object diameter, e = median bounding-box extent per axis in pixels):
 
-    - factor per axis: the largest power of two (at most 8) keeping ``e / factor >= w`` coarse
-      pixels, w = 2 on a CPU, 4 on a GPU: the network decides at the coarse scale, and fewer
-      coarse pixels across an object blur its centre and border, but within a CPU's minutes the
-      steps a coarser map buys count for more (benchmarks/self_config.py). Axes sampled coarsely
-      (z of a light-sheet stack) get 1. Factor 8 only where the object stays >= 4 coarse px
-      wide (else 4): at 8 the stem packs 64 pixels into each coarse cell, and 2D objects of 24
-      px scored 0.087 higher in mean F1 at factor 4 than at 8 over three seeds, 75 s each
-      (benchmarks/README.md, "Self-configuration"; why is a hypothesis, not analysed). Unless
-      the budget allows fewer than 500 steps at 4: then 8, if it gets more steps
-      (:func:`_coarser_if_starved`; 3D at 24 px on 2 cores).
+    - factor per axis: the largest power of two (at most 8) keeping ``e / factor >= 4`` coarse
+      pixels: the network decides at the coarse scale, and fewer coarse pixels across an object
+      blur its centre and border; but at least 2 where that keeps 2 coarse pixels (full
+      resolution costs steps). Axes sampled coarsely (z of a light-sheet stack) get 1. Measured
+      in 2D, 75 s on 2 cores (benchmarks/README.md, "Self-configuration"): the factor leaving
+      3 coarse px lost to the one leaving 6 at 12, 24 and 48 px, but at 6 px factor 2 (3 coarse
+      px) beat 1. When the budget allows fewer than 750 steps, the factor keeping 2 coarse pixels
+      is measured too and taken if it gets more steps (:func:`_coarser_if_starved`): early in
+      training the steps count for more than the borders (3D, 5 minutes: 1×4×4 beat 1×2×2 at 12
+      px, 2×8×8 beat 2×4×4 at 24 px).
     - margin = d / 3, at least the largest pixel size (so the peak window, whose half-size is the
       margin, spans a pixel on every axis) and two of the finest pixels, and at most 0.45 d: two
       touching objects have centres about d apart, and with a perfect loss centres are at least
@@ -598,7 +608,11 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
       fewer than 1500 steps; iterations 5 (the paper's plateau).
     - epochs × steps: what fits the time budget after the planning itself, one validation per
       epoch (at most 10% of the time, about 20 of them) and the decoding tuning at the end; the
-      cosine learning rate (1e-3 → 1e-5) is laid over exactly those steps.
+      cosine learning rate (1e-3 → 1e-5) is laid over exactly those steps. The step time is
+      measured over a few steps and the machine's pace drifts (±15% between measurements a
+      minute apart on the 2-core VM), so the run gets the budget as its ``time_limit``
+      (:meth:`Plan.time_limit`): after each epoch it counts the epochs that still fit at its
+      own pace and re-plans the cosine when that changes.
     - decoding starting values: peak window = margin; min_votes = 5% of the pixels of a small
       (10th percentile) object, within 2 … 100; opening radius in 3D twice the finest pixel (the
       paper's 0.5 µm at 0.26 µm), none in 2D; foreground by argmax. Training then tunes them.
@@ -623,14 +637,13 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
     def factor_rule():
         if not has_objects:
             return ([1, 4, 4] if ndim == 3 else [4, 4]), "default", "paper (no objects to measure)"
-        width = MIN_COARSE_WIDTH[kind]
-        f = _width_factor(extent, median_image, width)
-        why = f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {width} coarse px across"
-        wide = [WIDE_FACTOR // 2 if v == WIDE_FACTOR and e / WIDE_FACTOR < WIDE_FACTOR_WIDTH else v
-                for v, e in zip(f, extent)]
-        if wide != f:
-            why += f", >= {WIDE_FACTOR_WIDTH} at factor {WIDE_FACTOR}"
-        return wide, "data", why
+        aimed = _width_factor(extent, median_image, COARSE_WIDTH)
+        floor = [min(2, f) for f in _width_factor(extent, median_image, MIN_COARSE_WIDTH)]
+        f = [max(a, b) for a, b in zip(aimed, floor)]
+        why = f"median object {'×'.join(f'{e:.0f}' for e in extent)} px: >= {COARSE_WIDTH} coarse px across"
+        if f != aimed:
+            why += f", but factor 2 where that leaves >= {MIN_COARSE_WIDTH}"
+        return f, "data", why
 
     factor = p.set("factor", factor_rule)
     if len(factor) != ndim:
@@ -781,7 +794,7 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
         p.set("steps_per_epoch", lambda: (None, "option", ""))
     plan = Plan(p.values, p.sources, p.reasons, fp, machine)
     if budget_needed and has_objects and "factor" not in options and _started is None:
-        coarser = _width_factor(extent, median_image, MIN_COARSE_WIDTH[kind])  # before the cap at factor 4
+        coarser = _width_factor(extent, median_image, MIN_COARSE_WIDTH)
         if coarser != factor and plan.values["epochs"] * plan.values["steps_per_epoch"] < STARVED_STEPS:
             plan = _coarser_if_starved(plan, coarser, fp, options, device=device, val_pixels=val_pixels,
                                        sample=sample, measure=measure, clock=clock, started=started)
@@ -789,11 +802,12 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
 
 
 def _coarser_if_starved(plan: Plan, coarser, fp, options: dict, *, started, **kwargs) -> Plan:
-    """The plan at factor 8 where :data:`WIDE_FACTOR_WIDTH` kept it at 4 but the budget allows
-    fewer than :data:`STARVED_STEPS` steps there: with so few steps, the steps a coarser map buys
-    count for more than its borders (3D, 24 px nuclei, 5 minutes on 2 cores: 2×8×8 scored 0.31
-    in mean F1 at 130 steps, 2×4×4 0.10 at 108; benchmarks/README.md, "Self-configuration").
-    Kept only if it does get more steps."""
+    """The plan at the ``coarser`` factor (the one keeping :data:`MIN_COARSE_WIDTH` coarse pixels
+    across the median object) where the budget allows fewer than :data:`STARVED_STEPS` steps at
+    the planned one: with so few steps, the steps a coarser map buys count for more than its
+    borders (3D, 24 px nuclei, 5 minutes on 2 cores: 2×8×8 scored 0.31 in mean F1 at 130 steps,
+    2×4×4 0.10 at 108; at 12 px 1×4×4 0.45 at 1020 steps, 1×2×2 0.38 at 468; benchmarks/README.md,
+    "Self-configuration"). Kept only if it does get more steps."""
     wide = plan_training(fp, dict(options, factor=coarser), _started=started, **kwargs)
     n_plan = plan.values["epochs"] * plan.values["steps_per_epoch"]
     n_wide = wide.values["epochs"] * wide.values["steps_per_epoch"]

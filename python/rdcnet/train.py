@@ -39,7 +39,7 @@ __all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_check
 #: learning rate never climbs back up); the others do not change what is learned. Every other
 #: difference (model, margin, crop, steps, learning rates, augmentation, seed, decoding, masking)
 #: makes ``train`` refuse to resume (:class:`ResumeError`).
-RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "tune_postprocess", "amp")
+RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "tune_postprocess", "amp", "time_limit")
 # Mixed precision (TrainConfig.amp): the autocast dtype of the network's forward pass.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,6 +79,13 @@ class TrainConfig:
     amp: mixed precision: None (float32), "bf16" (CUDA and CPU) or "fp16" (CUDA, with a gradient
         scaler). The network runs under ``torch.autocast``; the embeddings, probabilities and
         losses stay float32 (positions in bfloat16 would be pixels off).
+    time_limit: seconds the epochs (training steps and validations) may take, or None. When set,
+        ``epochs`` is where the run starts: after every epoch the epochs that fit in the limit at
+        the run's pace so far are counted again, and when that changes, the cosine is re-planned
+        from the current learning rate over the new remaining steps. A run on a machine slower
+        or faster than its plan measured then still ends on time, and its number of epochs
+        depends on the machine's pace. None: exactly ``epochs``, and the same seed gives the
+        same weights bit for bit.
     """
 
     out_dir: str = "rdcnet-run"
@@ -96,6 +103,7 @@ class TrainConfig:
     tune_postprocess: bool = True
     mask_nonfinite: bool = False
     amp: Optional[str] = None
+    time_limit: Optional[float] = None
 
     def __post_init__(self):
         self.out_dir = str(check_path(self.out_dir, "out_dir"))
@@ -109,6 +117,8 @@ class TrainConfig:
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min: expected at most lr ({self.lr:g}), got {self.lr_min:g}")
         self.seed = check_int(self.seed, "seed", minimum=0, maximum=2**63 - 1)
+        if self.time_limit is not None:
+            self.time_limit = check_number(self.time_limit, "time_limit", positive=True)
         if self.amp is not None and (not isinstance(self.amp, str) or self.amp not in AMP_DTYPES):
             raise ValueError(f"amp: expected None or one of {', '.join(map(repr, AMP_DTYPES))}, got {self.amp!r}")
         if not isinstance(self.device, str):
@@ -478,6 +488,20 @@ def _replan_schedule(optimizer, config: TrainConfig, remaining_steps: int):
                                                       eta_min=min(config.lr_min, optimizer.param_groups[0]["lr"]))
 
 
+#: the clock a time-limited run is paced by (tests substitute a simulated one)
+_clock = time.perf_counter
+MAX_EPOCHS_GROWTH = 2  # a time-limited run trains at most this many times its planned epochs
+
+
+def epochs_within(time_limit: float, elapsed: float, epochs_done: int, planned: int) -> int:
+    """The epochs of a run, ``epochs_done`` of them finished in ``elapsed`` seconds, that end
+    within ``time_limit`` seconds if the pace holds (at least ``epochs_done``; at most
+    :data:`MAX_EPOCHS_GROWTH` × ``planned``)."""
+    pace = max(elapsed / max(epochs_done, 1), 1e-9)
+    more = max(0, int((time_limit - elapsed) / pace + 1e-9))
+    return int(min(epochs_done + more, max(epochs_done, MAX_EPOCHS_GROWTH * planned)))
+
+
 def _check_finite_weights(model: RDCNet, epoch: int) -> None:
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise NonFiniteLossError(f"training diverged: the weights are not finite after epoch {epoch + 1}; the "
@@ -581,6 +605,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             torch.manual_seed(ctx.seed(config.seed))  # distinct dropout per rank; weights come from rank 0
         history: List[dict] = []
         best_f1, best_loss, start_epoch = -1.0, math.inf, 0
+        run_epochs = config.epochs  # what time_limit makes of them
+        loop_seconds = 0.0  # the epochs' seconds in earlier sessions of this run
 
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
@@ -594,7 +620,10 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             history, best_f1, start_epoch = ckpt["history"], ckpt["best_f1"], ckpt["epoch"] + 1
             best_loss = ckpt.get("best_val_loss", math.inf)
             saved_epochs = (ckpt.get("train_config") or {}).get("epochs", config.epochs)
-            if saved_epochs != config.epochs and start_epoch < config.epochs:
+            loop_seconds = float(ckpt.get("loop_seconds", 0.0))
+            if saved_epochs == config.epochs:
+                run_epochs = int(ckpt.get("run_epochs", config.epochs))  # as the time limit last counted them
+            elif start_epoch < config.epochs:
                 scheduler = _replan_schedule(optimizer, config, (config.epochs - start_epoch) * config.steps_per_epoch)
                 if progress:
                     print(f"epochs changed from {saved_epochs} to {config.epochs}: the learning rate anneals from "
@@ -618,12 +647,28 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["grad_scaler"])
         run_start = time.perf_counter()  # the pace of this run, for the callback's ETA
+        loop_start = _clock()
         last_plot = -math.inf  # the first epoch draws training.png
-        for epoch in range(start_epoch, config.epochs):
+        epoch = start_epoch
+        while True:
+            if config.time_limit is not None and epoch > 0:
+                elapsed = ctx.gather(loop_seconds + _clock() - loop_start)[0]  # rank 0's count for every rank
+                fit = epochs_within(config.time_limit, elapsed, epoch, config.epochs)
+                if fit != run_epochs:
+                    if fit > epoch:
+                        scheduler = _replan_schedule(optimizer, config, (fit - epoch) * config.steps_per_epoch)
+                    if progress:
+                        print(f"time limit {config.time_limit:.0f} s: at {elapsed / epoch:.1f} s per epoch "
+                              f"{fit} epoch(s) fit, not {run_epochs}"
+                              + (f"; the learning rate anneals from {optimizer.param_groups[0]['lr']:.3g} over the "
+                                 f"remaining {fit - epoch}" if fit > epoch else ""), file=sys.stderr)
+                    run_epochs = fit
+            if epoch >= run_epochs:
+                break
             model.train()
             t0 = time.perf_counter()
             sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
-            bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+            bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{run_epochs}", leave=False,
                        disable=not progress, unit="step", mininterval=1.0)
             for step in bar:
                 x, y = sampler.batch(config.batch_size)
@@ -648,10 +693,10 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
                 if callback is not None:
                     done = (epoch - start_epoch) * config.steps_per_epoch + step + 1
-                    remaining = (config.epochs - epoch) * config.steps_per_epoch - step - 1
-                    callback({"epoch": epoch + 1, "epochs": config.epochs,
+                    remaining = (run_epochs - epoch) * config.steps_per_epoch - step - 1
+                    callback({"epoch": epoch + 1, "epochs": run_epochs,
                               "step": epoch * config.steps_per_epoch + step + 1,
-                              "steps": config.epochs * config.steps_per_epoch, "loss": value,
+                              "steps": run_epochs * config.steps_per_epoch, "loss": value,
                               "eta_seconds": (time.perf_counter() - run_start) / done * remaining})
             _check_finite_weights(model, epoch)
             n = max(config.steps_per_epoch, 1)
@@ -660,6 +705,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             ranks_state = state_for(ctx, rng.bit_generator.state, torch.get_rng_state())
             if not ctx.is_main:  # rank 0 validates and writes; the others wait for the checkpoints
                 ctx.barrier()
+                epoch += 1
                 continue
             row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device))
             row["lr"] = scheduler.get_last_lr()[0]
@@ -675,21 +721,23 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}),
-                         grad_scaler=scaler.state_dict() if scaler.is_enabled() else None, ssdc_path=model.ssdc_path)
+                         grad_scaler=scaler.state_dict() if scaler.is_enabled() else None, ssdc_path=model.ssdc_path,
+                         run_epochs=run_epochs, loop_seconds=loop_seconds + _clock() - loop_start)
             if improved:
                 save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
                                 best_val_loss=best_loss, selected_by=select_by)
             save_checkpoint(last_path, model, config, **state)
-            last_epoch = epoch + 1 == config.epochs
+            last_epoch = epoch + 1 == run_epochs
             plot = last_epoch or time.perf_counter() - last_plot >= PLOT_INTERVAL
             _write_log(out_dir, history, plot=plot)
             if plot:
                 last_plot = time.perf_counter()
             ctx.barrier()
             if progress:
-                print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
+                print(f"epoch {epoch + 1}/{run_epochs}: loss {row['train_loss']:.4f} "
                       f"val loss {row['val_loss']:.4f} val F1@0.5 {row['val_f1']:.3f}"
                       f"{' (best)' if improved else ''} [{seconds:.1f} s]", file=sys.stderr)
+            epoch += 1
         if ctx.is_main:
             if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
                 save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
