@@ -16,8 +16,10 @@ time budget (``--time``; the planner fits epochs × steps to it on this machine,
 
     python benchmarks/self_config.py --time 75 --out benchmarks/self_config.md
 
-One run per cell (seed 0): differences of about 0.01-0.02 in mean F1 are within seed noise, and
-the measured step time that sets a run's steps varies by up to ±30 % between identical settings.
+One run per cell and data seed (``--seeds``): one 75 s run varies by up to ±0.05 in mean F1, and
+the measured step time that sets a plan's steps by up to ±30 % between identical settings; each
+run follows its own pace within the budget (``TrainConfig.time_limit``), and the table gives the
+steps it trained. ``self_config_pool.py`` pools the 2D runs of several tables by factor.
 Every variant is planned once untimed before the runs, so that no run pays the one-time sSDC path
 tuning (a user's first run does, within its budget).
 """
@@ -86,7 +88,9 @@ def run_one(name, plan, fp, data, spacing, work: Path) -> dict:
     preds = [rdcnet.predict(model, im, post) for im, _ in data["test"]]
     curve = f1_curve(truths, preds)
     v = plan.values
+    # "epochs" is the plan's; a run with a time limit trains as many as fit at its own pace.
     return {"name": name, "seconds": seconds, "f1": curve.tolist(), "mean": float(curve.mean()),
+            "trained_epochs": len(result.history), "time_limit": cfg.time_limit,
             "settings": {k: v[k] for k in ("factor", "margin", "crop", "groups", "channels_per_group", "batch_size",
                                            "epochs", "steps_per_epoch")}}
 
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     lines = [f"Machine: {cpu['model']}, {torch.get_num_threads()} threads, torch {torch.__version__}; time budget "
              f"{args.time:g} s per run; {n_train} training, {n_val} validation, {n_test} test images per data set; "
              f"data seed shift(s) {', '.join(map(str, seeds))}.",
-             "", "| data | seed | run | factor | margin | crop | width | steps | wall s | F1@0.5 | F1@0.9 | mean F1 0.5-0.9 |",
+             "", "| data | seed | run | factor | margin | crop | width | steps trained | wall s | F1@0.5 | F1@0.9 | mean F1 0.5-0.9 |",
              "|---|---:|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
     records = []
     for label, spacing, make in datasets(sizes_2d, sizes_3d, n_train, n_val, n_test):
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
                 mark = " **best**" if r is best and len(tuned) > 1 else ""
                 lines.append(f"| {label} | {seed} | {r['name']}{mark} | {','.join(map(str, s['factor']))} | "
                              f"{s['margin']:g} | {'×'.join(map(str, s['crop']))} | {s['groups']}×{s['channels_per_group']} | "
-                             f"{s['epochs'] * s['steps_per_epoch']}×{s['batch_size']} | {r['seconds']:.0f} | "
+                             f"{r['trained_epochs'] * s['steps_per_epoch']}×{s['batch_size']} | {r['seconds']:.0f} | "
                              f"{r['f1'][0]:.3f} | {r['f1'][-1]:.3f} | {r['mean']:.3f} |")
             print("\n".join(lines[-len(runs):]), file=sys.stderr, flush=True)
         records.append(summarise(label, by_seed))

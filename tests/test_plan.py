@@ -301,14 +301,23 @@ def test_parse_duration():
         parse_duration([3])
 
 
-def test_epochs_within_a_time_limit():
-    from rdcnet.train import epochs_within
+def test_the_epochs_that_fit_a_time_limit():
+    from rdcnet.train import _Pace
 
-    assert epochs_within(8.0, 4.0, 1, 4) == 2      # 4 s per epoch: one more fits
-    assert epochs_within(8.0, 2.4, 2, 4) == 6      # 1.2 s per epoch: four more
-    assert epochs_within(8.0, 10.0, 2, 4) == 2     # over the limit: stop now
-    assert epochs_within(100.0, 1.0, 1, 4) == 8    # at most twice the planned epochs
-    assert epochs_within(8.0, 0.0, 1, 4) == 8      # (a clock that did not move)
+    # (loop seconds, step seconds, steps, overhead per epoch, tuning reserve) → (epochs, last epoch's steps)
+    assert _Pace(4.0, 4.0, 2).schedule(8.0, 1, 2, 4) == (2, 2)      # 4 s per epoch: one more fits
+    assert _Pace(1.2, 1.2, 2).schedule(8.0, 1, 2, 4) == (7, 1)      # five more, and one step of a seventh
+    assert _Pace(10.0, 10.0, 4).schedule(8.0, 2, 2, 4) == (2, 2)    # over the limit: no more
+    assert _Pace(5.0, 4.0, 2, 1.0, 3.0).schedule(20.0, 1, 2, 10) == (3, 2)  # validation and tuning count
+    # The overhead and reserve: none after the first epoch (an untrained model's validation), then the least seen.
+    pace = _Pace().after_epoch(60.0, 5.0, 2, 55.0, 8000.0)
+    assert (pace.overhead, pace.reserve, pace.epochs) == (0.0, 0.0, 1)
+    assert pace.schedule(70.0, 1, 2, 4) == (3, 2)  # 5 s epochs; counting the first validation (55 s) would stop here
+    pace = pace.after_epoch(9.0, 5.0, 2, 4.0, 30.0).after_epoch(12.0, 5.0, 2, 7.0, 20.0)
+    assert (pace.overhead, pace.reserve, pace.epochs, pace.steps) == (4.0, 20.0, 3, 6)
+    assert pace.loop_seconds == 81.0 and pace.step_seconds == 15.0
+    assert _Pace(1.0, 1.0, 2).schedule(100.0, 1, 2, 4) == (8, 2)    # at most twice the planned epochs
+    assert _Pace(0.0, 0.0, 2).schedule(8.0, 1, 2, 4) == (8, 2)      # (a clock that did not move)
 
 
 def run_paced(tmp_path, name, step_seconds, monkeypatch, *, time_limit=8.0, stop_at=None):
@@ -336,27 +345,30 @@ def run_paced(tmp_path, name, step_seconds, monkeypatch, *, time_limit=8.0, stop
 
 def test_a_time_limited_run_follows_its_own_pace(tmp_path, monkeypatch):
     """With a time limit the epochs follow the run's pace (a mocked clock): a machine twice as
-    slow as planned trains 2 epochs, a faster one 6, each with the cosine ending at lr_min; an
-    interrupted run resumes with the epochs it had counted and the seconds it had spent."""
+    slow as planned trains 2 epochs, a faster one 6 and one step of a 7th, each with the cosine
+    ending at lr_min; an interrupted run resumes with the epochs it had counted and the seconds
+    it had spent."""
     slow, clock = run_paced(tmp_path, "slow", 2.0, monkeypatch)  # 4 s per epoch: 2 fit in 8 s
     assert len(slow.history) == 2 and clock["t"] == 8.0
     assert slow.history[-1]["lr"] == pytest.approx(1e-5)
     assert clock["updates"][-1]["epochs"] == 2 and clock["updates"][-1]["steps"] == 4
-    fast, clock = run_paced(tmp_path, "fast", 0.6, monkeypatch)  # 1.2 s per epoch: 6 fit
-    assert len(fast.history) == 6 and clock["t"] <= 8.0
+    fast, clock = run_paced(tmp_path, "fast", 0.6, monkeypatch)  # 1.2 s per epoch: 6, then 1 step of a 7th
+    assert len(fast.history) == 7 and clock["t"] == pytest.approx(7.8) and clock["steps"] == 13
+    assert clock["updates"][-1]["steps"] == 13 and clock["updates"][-1]["epochs"] == 7
     assert fast.history[-1]["lr"] == pytest.approx(1e-5)
     assert fast.history[0]["lr"] > fast.history[1]["lr"] > fast.history[-1]["lr"]
     untimed, _ = run_paced(tmp_path, "untimed", 2.0, monkeypatch, time_limit=None)
     assert len(untimed.history) == 4  # no limit: exactly the epochs asked for
     ckpt = torch.load(tmp_path / "fast" / "last.pt", weights_only=True)
-    assert ckpt["run_epochs"] == 6 and ckpt["loop_seconds"] == pytest.approx(7.2)
+    assert (ckpt["run_epochs"], ckpt["last_steps"]) == (7, 1) and ckpt["pace"]["loop_seconds"] == pytest.approx(7.8)
+    assert ckpt["pace"]["steps"] == 13 and ckpt["pace"]["reserve"] == 0.0  # (no tuning in this run)
     assert ckpt["train_config"]["epochs"] == 4 and ckpt["train_config"]["time_limit"] == 8.0
-    # Interrupted in its fourth epoch, resumed: the same 6 epochs and the same weights.
+    # Interrupted in its fourth epoch, resumed: the same epochs and the same weights.
     with pytest.raises(KeyboardInterrupt):
         run_paced(tmp_path, "resumed", 0.6, monkeypatch, stop_at=7)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 2
     resumed, _ = run_paced(tmp_path, "resumed", 0.6, monkeypatch)
-    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5, 6, 7]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in fast.history]
     with pytest.raises(ValueError, match="time_limit: expected a number > 0"):
         TrainConfig(time_limit=0)
@@ -367,8 +379,8 @@ def test_a_planned_run_gets_the_budget_as_its_time_limit():
     speed = lambda v, d: {"step_seconds": 0.01, "forward_seconds_per_pixel": 0.0}  # noqa: E731
     plan = plan_training(fp, {"time": "1m"}, device="cpu", measure=speed)
     limit = plan.train_config("run").time_limit
-    assert limit == pytest.approx(60 - plan.machine["planning_seconds"] - plan.machine["tuning_seconds"])
-    assert plan.machine["planned_seconds"] <= limit
+    assert limit == pytest.approx(60 - plan.machine["planning_seconds"])  # the run estimates its tuning itself
+    assert plan.machine["planned_seconds"] + plan.machine["tuning_seconds"] <= limit
     given = plan_training(fp, {"time": "1m", "epochs": 3}, device="cpu", measure=speed)
     assert given.train_config("run").time_limit is None  # explicit epochs are kept as given
     steps_given = plan_training(fp, {"time": "1m", "steps_per_epoch": 7}, device="cpu", measure=speed)

@@ -365,12 +365,13 @@ class Plan:
                            time_limit=self.time_limit(), **settings)
 
     def time_limit(self) -> Optional[float]:
-        """Seconds the epochs may take (:attr:`rdcnet.train.TrainConfig.time_limit`: the epochs then
-        follow the run's own pace): the budget less the planning and the decoding tuning; None
-        when the epochs were given rather than planned for a budget."""
+        """Seconds the epochs and the decoding tuning may take (:attr:`rdcnet.train.TrainConfig.
+        time_limit`: the run then counts its epochs at its own pace, the tuning estimated from its
+        validations): the budget less the planning; None when the epochs were given rather than
+        planned for a budget."""
         if self.values.get("time") is None or self.sources.get("epochs") != "machine" or "step_seconds" not in self.machine:
             return None
-        return max(_available(self.values["time"], self.machine), 1e-3)
+        return max(self.values["time"] - self.machine.get("planning_seconds", 0.0), 1e-3)
 
     def to_dict(self) -> dict:
         from .train import _plain

@@ -42,6 +42,8 @@ __all__ = ["TrainConfig", "TrainResult", "train", "load_checkpoint", "save_check
 RESUMABLE_CHANGES = ("epochs", "device", "out_dir", "tune_postprocess", "amp", "time_limit")
 # Mixed precision (TrainConfig.amp): the autocast dtype of the network's forward pass.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: the clock a time-limited run is paced by (tests substitute a simulated one)
+_clock = time.perf_counter
 
 
 class ResumeError(ValueError):
@@ -79,13 +81,14 @@ class TrainConfig:
     amp: mixed precision: None (float32), "bf16" (CUDA and CPU) or "fp16" (CUDA, with a gradient
         scaler). The network runs under ``torch.autocast``; the embeddings, probabilities and
         losses stay float32 (positions in bfloat16 would be pixels off).
-    time_limit: seconds the epochs (training steps and validations) may take, or None. When set,
-        ``epochs`` is where the run starts: after every epoch the epochs that fit in the limit at
-        the run's pace so far are counted again, and when that changes, the cosine is re-planned
-        from the current learning rate over the new remaining steps. A run on a machine slower
-        or faster than its plan measured then still ends on time, and its number of epochs
-        depends on the machine's pace. None: exactly ``epochs``, and the same seed gives the
-        same weights bit for bit.
+    time_limit: seconds the epochs (training steps and validations) and the decoding tuning
+        after them may take, or None. When set, ``epochs`` is where the run starts: after every
+        epoch the epochs that fit at the run's pace so far are counted again (whole ones, then a
+        shorter last one; the tuning estimated from the validations; at most twice ``epochs``),
+        and when that changes, the cosine is re-planned from the current learning rate over the
+        new remaining steps. A run on a machine slower or faster than its plan measured then
+        still ends on time, and its number of steps depends on the machine's pace. None:
+        exactly ``epochs``, and the same seed gives the same weights bit for bit.
     """
 
     out_dir: str = "rdcnet-run"
@@ -268,15 +271,22 @@ def _mean_f1(model: RDCNet, outputs, labels, postprocess: PostprocessConfig) -> 
         for o, y in zip(outputs, labels)]))
 
 
-def _validate(model, loss_fn, images, labels, postprocess, device) -> dict:
+def _validate(model, loss_fn, images, labels, postprocess, device, timing: Optional[dict] = None) -> dict:
+    """The validation loss and mean F1@0.5; ``timing`` receives the seconds spent running the
+    network and decoding (on :data:`_clock`)."""
     outputs, losses = [], []
+    t0 = _clock()
     for x, y in zip(images, labels):  # float32 on every machine: the F1 that picks best.pt does not vary
         out = predict_output(model, torch.from_numpy(x), device=device, precision="fp32")
         yt = torch.from_numpy(y).to(device)[None]
         batched = type(out)(out.embeddings[None], out.probabilities[None], out.logits[None])
         losses.append(float(loss_fn(batched, yt)[0]))
         outputs.append(out)
-    return {"val_loss": float(np.mean(losses)), "val_f1": _mean_f1(model, outputs, labels, postprocess)}
+    t1 = _clock()
+    f1 = _mean_f1(model, outputs, labels, postprocess)
+    if timing is not None:
+        timing.update(network=t1 - t0, decoding=_clock() - t1)
+    return {"val_loss": float(np.mean(losses)), "val_f1": f1}
 
 
 def _grid_scores(outputs, labels, spacing, base: PostprocessConfig, thresholds, windows, votes, radii) -> np.ndarray:
@@ -488,18 +498,51 @@ def _replan_schedule(optimizer, config: TrainConfig, remaining_steps: int):
                                                       eta_min=min(config.lr_min, optimizer.param_groups[0]["lr"]))
 
 
-#: the clock a time-limited run is paced by (tests substitute a simulated one)
-_clock = time.perf_counter
 MAX_EPOCHS_GROWTH = 2  # a time-limited run trains at most this many times its planned epochs
+#: The decoding tuning after training, in multiples of one validation's network and decoding
+#: seconds: measured 7-11× and 64-209× on the runs of benchmarks/self_config.py (2D and 3D).
+TUNING_NETWORK_RUNS, TUNING_DECODINGS = 10, 150
 
 
-def epochs_within(time_limit: float, elapsed: float, epochs_done: int, planned: int) -> int:
-    """The epochs of a run, ``epochs_done`` of them finished in ``elapsed`` seconds, that end
-    within ``time_limit`` seconds if the pace holds (at least ``epochs_done``; at most
-    :data:`MAX_EPOCHS_GROWTH` × ``planned``)."""
-    pace = max(elapsed / max(epochs_done, 1), 1e-9)
-    more = max(0, int((time_limit - elapsed) / pace + 1e-9))
-    return int(min(epochs_done + more, max(epochs_done, MAX_EPOCHS_GROWTH * planned)))
+@dataclass
+class _Pace:
+    """How a time-limited run has spent its seconds so far (rank 0's clock, earlier sessions of
+    the run included): what the epochs that still fit are counted from."""
+
+    loop_seconds: float = 0.0  # every finished epoch, validation and checkpoints included
+    step_seconds: float = 0.0  # their training steps alone
+    steps: int = 0
+    overhead: float = 0.0      # an epoch's validation, checkpoints and plot ...
+    reserve: float = 0.0       # ... and the decoding tuning to come, estimated from a validation
+    epochs: int = 0
+
+    def after_epoch(self, seconds: float, step_seconds: float, steps: int, overhead: float, reserve: float):
+        """The pace with one more epoch. The overhead and tuning reserve are the least seen after
+        the first epoch: the first validation decodes an untrained model, which took about 400×
+        a trained one's decoding in 3D (benchmarks/self_config.py, 24 px), and a run must not end
+        early on that; until a second epoch is timed only the steps count."""
+        if self.epochs >= 2:
+            overhead, reserve = min(self.overhead, overhead), min(self.reserve, reserve)
+        elif self.epochs == 0:
+            overhead = reserve = 0.0
+        return _Pace(self.loop_seconds + seconds, self.step_seconds + step_seconds, self.steps + steps,
+                     overhead, reserve, self.epochs + 1)
+
+    def schedule(self, time_limit: float, epochs_done: int, steps_per_epoch: int, planned_epochs: int):
+        """(epochs, steps of the last epoch) ending, with the tuning, within ``time_limit`` at
+        this pace: whole epochs, then a shorter last one with the steps the rest allows; at least
+        ``epochs_done``, at most :data:`MAX_EPOCHS_GROWTH` × ``planned_epochs``."""
+        left = max(time_limit - self.loop_seconds - self.reserve, 0.0)
+        per_step = max(self.step_seconds / max(self.steps, 1), 1e-9)
+        per_epoch = steps_per_epoch * per_step + self.overhead
+        full = int(left / per_epoch + 1e-9)
+        cap = max(epochs_done, MAX_EPOCHS_GROWTH * planned_epochs)
+        if epochs_done + full >= cap:
+            return cap, steps_per_epoch
+        partial = int((left - full * per_epoch - self.overhead) / per_step + 1e-9)
+        if partial >= 1:
+            return epochs_done + full + 1, min(partial, steps_per_epoch)
+        return epochs_done + full, steps_per_epoch
 
 
 def _check_finite_weights(model: RDCNet, epoch: int) -> None:
@@ -605,8 +648,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             torch.manual_seed(ctx.seed(config.seed))  # distinct dropout per rank; weights come from rank 0
         history: List[dict] = []
         best_f1, best_loss, start_epoch = -1.0, math.inf, 0
-        run_epochs = config.epochs  # what time_limit makes of them
-        loop_seconds = 0.0  # the epochs' seconds in earlier sessions of this run
+        # What time_limit makes of the epochs: how many, and the steps of the last one.
+        run_epochs, last_steps, pace = config.epochs, config.steps_per_epoch, _Pace()
 
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
@@ -620,9 +663,10 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             history, best_f1, start_epoch = ckpt["history"], ckpt["best_f1"], ckpt["epoch"] + 1
             best_loss = ckpt.get("best_val_loss", math.inf)
             saved_epochs = (ckpt.get("train_config") or {}).get("epochs", config.epochs)
-            loop_seconds = float(ckpt.get("loop_seconds", 0.0))
-            if saved_epochs == config.epochs:
-                run_epochs = int(ckpt.get("run_epochs", config.epochs))  # as the time limit last counted them
+            pace = _Pace(**ckpt.get("pace", {}))
+            if saved_epochs == config.epochs:  # as the time limit last counted them
+                run_epochs = int(ckpt.get("run_epochs", config.epochs))
+                last_steps = int(ckpt.get("last_steps", config.steps_per_epoch))
             elif start_epoch < config.epochs:
                 scheduler = _replan_schedule(optimizer, config, (config.epochs - start_epoch) * config.steps_per_epoch)
                 if progress:
@@ -647,28 +691,32 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["grad_scaler"])
         run_start = time.perf_counter()  # the pace of this run, for the callback's ETA
-        loop_start = _clock()
         last_plot = -math.inf  # the first epoch draws training.png
-        epoch = start_epoch
+        epoch, paced_at = start_epoch, None
         while True:
+            if paced_at is not None:  # the checkpoint writes since the pace was taken count too
+                pace = dataclasses.replace(pace, loop_seconds=pace.loop_seconds + _clock() - paced_at)
             if config.time_limit is not None and epoch > 0:
-                elapsed = ctx.gather(loop_seconds + _clock() - loop_start)[0]  # rank 0's count for every rank
-                fit = epochs_within(config.time_limit, elapsed, epoch, config.epochs)
-                if fit != run_epochs:
-                    if fit > epoch:
-                        scheduler = _replan_schedule(optimizer, config, (fit - epoch) * config.steps_per_epoch)
-                    if progress:
-                        print(f"time limit {config.time_limit:.0f} s: at {elapsed / epoch:.1f} s per epoch "
-                              f"{fit} epoch(s) fit, not {run_epochs}"
-                              + (f"; the learning rate anneals from {optimizer.param_groups[0]['lr']:.3g} over the "
-                                 f"remaining {fit - epoch}" if fit > epoch else ""), file=sys.stderr)
-                    run_epochs = fit
+                pace = _Pace(**ctx.gather(dataclasses.asdict(pace))[0])  # rank 0's count for every rank
+                fit = pace.schedule(config.time_limit, epoch, config.steps_per_epoch, config.epochs)
+                if fit[0] <= epoch:
+                    run_epochs = epoch  # the time is spent
+                elif fit != (run_epochs, last_steps):
+                    remaining = (fit[0] - 1 - epoch) * config.steps_per_epoch + fit[1]
+                    scheduler = _replan_schedule(optimizer, config, remaining)
+                    if progress and fit[0] != run_epochs:
+                        print(f"time limit {config.time_limit:.0f} s: at this pace {fit[0]} epoch(s) fit, not "
+                              f"{run_epochs}; the learning rate anneals from {optimizer.param_groups[0]['lr']:.3g} "
+                              f"over the remaining {remaining} steps", file=sys.stderr)
+                    run_epochs, last_steps = fit
             if epoch >= run_epochs:
                 break
+            epoch_steps = last_steps if epoch == run_epochs - 1 else config.steps_per_epoch
+            epoch_start = _clock()
             model.train()
             t0 = time.perf_counter()
             sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
-            bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{run_epochs}", leave=False,
+            bar = tqdm(range(epoch_steps), desc=f"epoch {epoch + 1}/{run_epochs}", leave=False,
                        disable=not progress, unit="step", mininterval=1.0)
             for step in bar:
                 x, y = sampler.batch(config.batch_size)
@@ -693,13 +741,15 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
                 if callback is not None:
                     done = (epoch - start_epoch) * config.steps_per_epoch + step + 1
-                    remaining = (run_epochs - epoch) * config.steps_per_epoch - step - 1
+                    steps = (run_epochs - 1) * config.steps_per_epoch + last_steps
+                    remaining = steps - epoch * config.steps_per_epoch - step - 1
                     callback({"epoch": epoch + 1, "epochs": run_epochs,
                               "step": epoch * config.steps_per_epoch + step + 1,
-                              "steps": run_epochs * config.steps_per_epoch, "loss": value,
+                              "steps": steps, "loss": value,
                               "eta_seconds": (time.perf_counter() - run_start) / done * remaining})
+            steps_end = _clock()
             _check_finite_weights(model, epoch)
-            n = max(config.steps_per_epoch, 1)
+            n = max(epoch_steps, 1)
             row = {"epoch": epoch + 1, "train_loss": sums["loss"] / n, "train_class_loss": sums["class"] / n,
                    "train_embedding_loss": sums["embedding"] / n}
             ranks_state = state_for(ctx, rng.bit_generator.state, torch.get_rng_state())
@@ -707,7 +757,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 ctx.barrier()
                 epoch += 1
                 continue
-            row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device))
+            timing = {}
+            row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device, timing))
             row["lr"] = scheduler.get_last_lr()[0]
             # No wall time in the history: the same command and seed give the same log.csv.
             seconds = time.perf_counter() - t0
@@ -718,11 +769,16 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 improved = row["val_loss"] < best_loss
             if improved:
                 best_f1, best_loss = row["val_f1"], row["val_loss"]
+            tuning = config.tune_postprocess and select_by == "val_f1"
+            reserve = TUNING_NETWORK_RUNS * timing["network"] + TUNING_DECODINGS * timing["decoding"] if tuning else 0.0
+            now = _clock()
+            pace = pace.after_epoch(now - epoch_start, steps_end - epoch_start, epoch_steps, now - steps_end, reserve)
+            paced_at = now
             state = dict(epoch=epoch, history=history, best_f1=best_f1, best_val_loss=best_loss, selected_by=select_by,
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), **(ranks_state or {}),
                          grad_scaler=scaler.state_dict() if scaler.is_enabled() else None, ssdc_path=model.ssdc_path,
-                         run_epochs=run_epochs, loop_seconds=loop_seconds + _clock() - loop_start)
+                         run_epochs=run_epochs, last_steps=last_steps, pace=dataclasses.asdict(pace))
             if improved:
                 save_checkpoint(best_path, model, config, epoch=epoch, history=history, best_f1=best_f1,
                                 best_val_loss=best_loss, selected_by=select_by)
