@@ -88,9 +88,10 @@ def run_one(name, plan, fp, data, spacing, work: Path) -> dict:
     preds = [rdcnet.predict(model, im, post) for im, _ in data["test"]]
     curve = f1_curve(truths, preds)
     v = plan.values
-    # "epochs" is the plan's; a run with a time limit trains as many as fit at its own pace.
+    # "epochs" is the plan's; a run with a time limit trains as many steps as fit at its own pace.
+    trained = torch.load(result.last_checkpoint, weights_only=True, map_location="cpu")["pace"]["steps"]
     return {"name": name, "seconds": seconds, "f1": curve.tolist(), "mean": float(curve.mean()),
-            "trained_epochs": len(result.history), "time_limit": cfg.time_limit,
+            "trained_epochs": len(result.history), "trained_steps": int(trained), "time_limit": cfg.time_limit,
             "settings": {k: v[k] for k in ("factor", "margin", "crop", "groups", "channels_per_group", "batch_size",
                                            "epochs", "steps_per_epoch")}}
 
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
                 mark = " **best**" if r is best and len(tuned) > 1 else ""
                 lines.append(f"| {label} | {seed} | {r['name']}{mark} | {','.join(map(str, s['factor']))} | "
                              f"{s['margin']:g} | {'×'.join(map(str, s['crop']))} | {s['groups']}×{s['channels_per_group']} | "
-                             f"{r['trained_epochs'] * s['steps_per_epoch']}×{s['batch_size']} | {r['seconds']:.0f} | "
+                             f"{r['trained_steps']}×{s['batch_size']} | {r['seconds']:.0f} | "
                              f"{r['f1'][0]:.3f} | {r['f1'][-1]:.3f} | {r['mean']:.3f} |")
             print("\n".join(lines[-len(runs):]), file=sys.stderr, flush=True)
         records.append(summarise(label, by_seed))

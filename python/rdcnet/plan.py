@@ -611,9 +611,10 @@ def plan_training(fp: Fingerprint, overrides: Optional[dict] = None, *, device="
       epoch (at most 10% of the time, about 20 of them) and the decoding tuning at the end; the
       cosine learning rate (1e-3 → 1e-5) is laid over exactly those steps. The step time is
       measured over a few steps and the machine's pace drifts (±15% between measurements a
-      minute apart on the 2-core VM), so the run gets the budget as its ``time_limit``
-      (:meth:`Plan.time_limit`): after each epoch it counts the epochs that still fit at its
-      own pace and re-plans the cosine when that changes.
+      minute apart on the 2-core VM), so the run gets the budget less the planning as its
+      ``time_limit`` (:meth:`Plan.time_limit`): after each epoch it counts the steps that still
+      fit at its own pace, its decoding tuning included, and re-plans the cosine when that
+      changes.
     - decoding starting values: peak window = margin; min_votes = 5% of the pixels of a small
       (10th percentile) object, within 2 … 100; opening radius in 3D twice the finest pixel (the
       paper's 0.5 µm at 0.26 µm), none in 2D; foreground by argmax. Training then tunes them.
