@@ -320,16 +320,24 @@ def test_the_epochs_that_fit_a_time_limit():
     assert _Pace(0.0, 0.0, 2).schedule(8.0, 1, 2, 4) == (8, 2)      # (a clock that did not move)
 
 
-def run_paced(tmp_path, name, step_seconds, monkeypatch, *, time_limit=8.0, stop_at=None):
+def run_paced(tmp_path, name, step_seconds, monkeypatch, *, time_limit=8.0, stop_at=None, slower_after=None):
     """A tiny run of 4 planned epochs of 2 steps on a simulated clock that advances
-    ``step_seconds`` per training step (validation takes no time); ``stop_at``: interrupt at
-    that step."""
+    ``step_seconds`` per training step (validation takes no time; 5× that after ``slower_after``
+    steps); ``stop_at``: interrupt at that step."""
     T = importlib.import_module("rdcnet.train")  # the module (rdcnet.train is also the function)
-    clock = {"t": 0.0, "steps": 0, "updates": []}
+    clock = {"t": 0.0, "steps": 0, "updates": [], "logs": []}
     monkeypatch.setattr(T, "_clock", lambda: clock["t"])
+    write_log = T._write_log
+
+    def logging(out_dir, history, plot=True):
+        clock["logs"].append((len(history), plot))
+        write_log(out_dir, history, plot)
+
+    monkeypatch.setattr(T, "_write_log", logging)
 
     def tick(update):
-        clock["t"] += step_seconds
+        slower = slower_after is not None and clock["steps"] >= slower_after
+        clock["t"] += step_seconds * (5 if slower else 1)
         clock["steps"] += 1
         clock["updates"].append(update)
         if clock["steps"] == stop_at:
@@ -357,6 +365,10 @@ def test_a_time_limited_run_follows_its_own_pace(tmp_path, monkeypatch):
     assert clock["updates"][-1]["steps"] == 13 and clock["updates"][-1]["epochs"] == 7
     assert fast.history[-1]["lr"] == pytest.approx(1e-5)
     assert fast.history[0]["lr"] > fast.history[1]["lr"] > fast.history[-1]["lr"]
+    # A machine that slows down in epoch 3: the run stops after it, and training.png shows it.
+    slowed, clock = run_paced(tmp_path, "slowed", 0.6, monkeypatch, slower_after=4)
+    assert len(slowed.history) == 3 and clock["t"] == pytest.approx(8.4)
+    assert clock["logs"][-1] == (3, True)
     untimed, _ = run_paced(tmp_path, "untimed", 2.0, monkeypatch, time_limit=None)
     assert len(untimed.history) == 4  # no limit: exactly the epochs asked for
     ckpt = torch.load(tmp_path / "fast" / "last.pt", weights_only=True)

@@ -691,7 +691,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
         if ckpt is not None and ckpt.get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["grad_scaler"])
         run_start = time.perf_counter()  # the pace of this run, for the callback's ETA
-        last_plot = -math.inf  # the first epoch draws training.png
+        last_plot, drawn = -math.inf, len(history)  # the first epoch draws training.png
         epoch, paced_at = start_epoch, None
         while True:
             if paced_at is not None:  # the checkpoint writes since the pace was taken count too
@@ -700,6 +700,9 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 pace = _Pace(**ctx.gather(dataclasses.asdict(pace))[0])  # rank 0's count for every rank
                 fit = pace.schedule(config.time_limit, epoch, config.steps_per_epoch, config.epochs)
                 if fit[0] <= epoch:
+                    if progress and run_epochs > epoch:
+                        print(f"time limit {config.time_limit:.0f} s: no more steps fit; stopping after epoch {epoch} "
+                              f"of the {run_epochs} counted before", file=sys.stderr)
                     run_epochs = epoch  # the time is spent
                 elif fit != (run_epochs, last_steps):
                     remaining = (fit[0] - 1 - epoch) * config.steps_per_epoch + fit[1]
@@ -787,7 +790,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             plot = last_epoch or time.perf_counter() - last_plot >= PLOT_INTERVAL
             _write_log(out_dir, history, plot=plot)
             if plot:
-                last_plot = time.perf_counter()
+                last_plot, drawn = time.perf_counter(), len(history)
             ctx.barrier()
             if progress:
                 print(f"epoch {epoch + 1}/{run_epochs}: loss {row['train_loss']:.4f} "
@@ -795,6 +798,8 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                       f"{' (best)' if improved else ''} [{seconds:.1f} s]", file=sys.stderr)
             epoch += 1
         if ctx.is_main:
+            if drawn < len(history):  # a time limit ended the run before the epoch it counted last
+                _write_log(out_dir, history, plot=True)
             if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
                 save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
             elif config.tune_postprocess and select_by == "val_f1" and history:
