@@ -369,7 +369,7 @@ class Plan:
         time_limit`: the run then counts its epochs at its own pace, the tuning estimated from its
         validations): the budget less the planning; None when the epochs were given rather than
         planned for a budget."""
-        if self.values.get("time") is None or self.sources.get("epochs") != "machine" or "step_seconds" not in self.machine:
+        if self.sources.get("epochs") != "machine":  # (planned epochs: a budget was measured)
             return None
         return max(self.values["time"] - self.machine.get("planning_seconds", 0.0), 1e-3)
 

@@ -499,9 +499,9 @@ def _replan_schedule(optimizer, config: TrainConfig, remaining_steps: int):
 
 
 MAX_EPOCHS_GROWTH = 2  # a time-limited run trains at most this many times its planned epochs
-#: The decoding tuning after training, in multiples of one validation's network and decoding
+#: The decoding tuning after training costs about this many validations' network and decoding
 #: seconds: measured 7-11× and 64-209× on the runs of benchmarks/self_config.py (2D and 3D).
-TUNING_NETWORK_RUNS, TUNING_DECODINGS = 10, 150
+TUNING_PER_VALIDATION = {"network": 10, "decoding": 150}
 
 
 @dataclass
@@ -639,6 +639,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                           "F1 says nothing: best.pt is chosen by the lowest validation loss and the decoding is not "
                           "tuned", stacklevel=2)
 
+        tunes = config.tune_postprocess and select_by == "val_f1"  # the decoding, after the epochs
         loss_fn = RDCNetLoss(config.margin)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         total_steps = config.epochs * config.steps_per_epoch
@@ -717,7 +718,6 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             epoch_steps = last_steps if epoch == run_epochs - 1 else config.steps_per_epoch
             epoch_start = _clock()
             model.train()
-            t0 = time.perf_counter()
             sums = {"loss": 0.0, "class": 0.0, "embedding": 0.0}
             bar = tqdm(range(epoch_steps), desc=f"epoch {epoch + 1}/{run_epochs}", leave=False,
                        disable=not progress, unit="step", mininterval=1.0)
@@ -764,7 +764,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
             row.update(_validate(model, loss_fn, val_images, val_labels, config.postprocess, device, timing))
             row["lr"] = scheduler.get_last_lr()[0]
             # No wall time in the history: the same command and seed give the same log.csv.
-            seconds = time.perf_counter() - t0
+            seconds = _clock() - epoch_start
             history.append(row)
             if select_by == "val_f1":
                 improved = row["val_f1"] > best_f1
@@ -772,8 +772,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 improved = row["val_loss"] < best_loss
             if improved:
                 best_f1, best_loss = row["val_f1"], row["val_loss"]
-            tuning = config.tune_postprocess and select_by == "val_f1"
-            reserve = TUNING_NETWORK_RUNS * timing["network"] + TUNING_DECODINGS * timing["decoding"] if tuning else 0.0
+            reserve = sum(TUNING_PER_VALIDATION[k] * timing[k] for k in TUNING_PER_VALIDATION) if tunes else 0.0
             now = _clock()
             pace = pace.after_epoch(now - epoch_start, steps_end - epoch_start, epoch_steps, now - steps_end, reserve)
             paced_at = now
@@ -802,7 +801,7 @@ def train(model: Union[RDCNet, RDCNetConfig, dict], train_data: Sequence, val_da
                 _write_log(out_dir, history, plot=True)
             if not best_path.exists():  # zero epochs requested: still leave a usable checkpoint
                 save_checkpoint(best_path, model, config, epoch=-1, history=history, best_f1=best_f1)
-            elif config.tune_postprocess and select_by == "val_f1" and history:
+            elif tunes and history:
                 _tune_best(best_path, val_images, val_labels, config, device, progress)
         ctx.barrier()  # the other ranks wait until rank 0 has tuned and written best.pt
         ctx.close()
